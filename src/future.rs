@@ -1,0 +1,194 @@
+//! The async acquisition: the same top-down walk as `LockTree::lock`, as a
+//! future that waits on wakers instead of parking.
+//!
+//! # Cancel safety
+//!
+//! A `LockFuture` owns what it has taken so far: the levels already granted
+//! and, while suspended, one queue entry. Dropping it (a `select!` that
+//! chose another branch, a timeout, an aborted task) withdraws the queue
+//! entry under the node's queue lock; if a releaser granted the entry just
+//! before, the drop releases that grant, which hands the node on to the
+//! next waiter, so the wake-up is never lost. Then the levels above are
+//! released bottom-up. Nothing is left in any queue or state word.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::pin::Pin;
+use std::sync::Arc as StdArc;
+use std::task::{ready, Context, Poll};
+
+use crate::guard::{Guard, Held, OwnedGuard};
+use crate::node::Acquire;
+use crate::park::Waiter;
+use crate::path::ParsedPath;
+use crate::sync::Arc;
+use crate::table::NodeRef;
+use crate::tree::LockTree;
+use crate::{Error, Mode};
+
+struct RawLockFuture<T: Deref<Target = LockTree>> {
+    tree: T,
+    /// The path, or the error parsing it gave (reported on first poll).
+    path: Result<ParsedPath<'static>, Error>,
+    mode: Mode,
+    held: Held,
+    /// The next level to take (0 = root).
+    level: usize,
+    /// The queue entry this future is suspended on, with its node and mode.
+    waiting: Option<(NodeRef, Mode, Arc<Waiter>)>,
+    done: bool,
+}
+
+impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
+    fn new(tree: T, path: Result<ParsedPath<'static>, Error>, mode: Mode) -> Self {
+        RawLockFuture {
+            tree,
+            path,
+            mode,
+            held: Held::new(),
+            level: 0,
+            waiting: None,
+            done: false,
+        }
+    }
+
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Result<Held, Error>> {
+        assert!(!self.done, "LockFuture polled after it resolved");
+        let path = match &self.path {
+            Ok(p) => p,
+            Err(e) => {
+                self.done = true;
+                return Poll::Ready(Err(e.clone()));
+            }
+        };
+        loop {
+            if let Some((node, m, waiter)) = &self.waiting {
+                ready!(waiter.poll_granted(cx));
+                self.held.push(*node, *m);
+                self.waiting = None;
+                self.level += 1;
+            }
+            if self.level > path.depth {
+                self.done = true;
+                return Poll::Ready(Ok(std::mem::replace(&mut self.held, Held::new())));
+            }
+            let name = (self.level > 0).then(|| path.prefix(self.level));
+            let m = if self.level == path.depth {
+                self.mode
+            } else {
+                self.mode.intention()
+            };
+            let pin = self.tree.table().pin();
+            loop {
+                let node = self.tree.node(&pin, name);
+                // SAFETY: pinned since the lookup.
+                let n = unsafe { node.get() };
+                match n.acquire(None, m, true, Waiter::for_task) {
+                    Ok(Acquire::Granted) => {
+                        self.held.push(node, m);
+                        self.level += 1;
+                        break;
+                    }
+                    Ok(Acquire::Dead) => self.tree.table().evict(&pin, n),
+                    Ok(Acquire::Wait(waiter)) => {
+                        self.waiting = Some((node, m, waiter));
+                        break;
+                    }
+                    Err(e) => {
+                        drop(pin);
+                        self.held.release(&self.tree);
+                        self.done = true;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: Deref<Target = LockTree>> Drop for RawLockFuture<T> {
+    fn drop(&mut self) {
+        if let Some((node, m, waiter)) = self.waiting.take() {
+            let table = self.tree.table();
+            let pin = table.pin();
+            // SAFETY: queued, so the node's state word is non-zero and the
+            // node is alive; pinned from here on.
+            let n = unsafe { node.get() };
+            if n.cancel(&waiter, table, &pin) {
+                // Granted just before the drop: pass it on.
+                n.release(m, table, &pin);
+            }
+        }
+        self.held.release(&self.tree);
+    }
+}
+
+/// The future returned by [`LockTree::lock_async`]; resolves to a [`Guard`].
+///
+/// Runtime-agnostic (it only uses the waker it is polled with) and
+/// cancel-safe: see [`LockTree::lock_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct LockFuture<'a>(RawLockFuture<&'a LockTree>);
+
+/// The future returned by [`LockTree::lock_owned_async`]; resolves to an
+/// [`OwnedGuard`]. `'static + Send`, so it can be spawned.
+#[must_use = "futures do nothing unless polled"]
+pub struct OwnedLockFuture(RawLockFuture<StdArc<LockTree>>);
+
+impl<'a> LockFuture<'a> {
+    pub(crate) fn new(
+        tree: &'a LockTree,
+        path: Result<ParsedPath<'static>, Error>,
+        mode: Mode,
+    ) -> Self {
+        LockFuture(RawLockFuture::new(tree, path, mode))
+    }
+}
+
+impl OwnedLockFuture {
+    pub(crate) fn new(
+        tree: StdArc<LockTree>,
+        path: Result<ParsedPath<'static>, Error>,
+        mode: Mode,
+    ) -> Self {
+        OwnedLockFuture(RawLockFuture::new(tree, path, mode))
+    }
+}
+
+impl<'a> Future for LockFuture<'a> {
+    type Output = Result<Guard<'a>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut self.get_mut().0;
+        let held = ready!(this.poll_held(cx))?;
+        Poll::Ready(Ok(Guard::new(this.tree, held)))
+    }
+}
+
+impl Future for OwnedLockFuture {
+    type Output = Result<OwnedGuard, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut self.get_mut().0;
+        let held = ready!(this.poll_held(cx))?;
+        Poll::Ready(Ok(OwnedGuard::new(this.tree.clone(), held)))
+    }
+}
+
+impl std::fmt::Debug for LockFuture<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockFuture")
+            .field("mode", &self.0.mode)
+            .field("level", &self.0.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for OwnedLockFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedLockFuture")
+            .field("mode", &self.0.mode)
+            .field("level", &self.0.level)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,278 @@
+//! `Guard` / `OwnedGuard`: what a granted lock holds, its release,
+//! upgrade and downgrade.
+//!
+//! A guard keeps the node pointer and the mode of every level of its path
+//! (root first), so releasing needs no lookups: one `fetch_sub` per level,
+//! bottom-up. Conversions walk the same levels top-down, converting each
+//! ancestor's intention (IS to IX) before the node itself; a conversion that
+//! fails part-way converts the levels it changed back, so the guard keeps
+//! exactly its old mode.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc as StdArc;
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::path::Path;
+use crate::table::NodeRef;
+use crate::tree::{LockTree, Wait};
+use crate::{Error, Mode};
+
+/// The levels a request holds: node and mode, root first.
+#[derive(Debug)]
+pub(crate) struct Held {
+    levels: SmallVec<[(NodeRef, Mode); 8]>,
+}
+
+impl Held {
+    pub(crate) fn new() -> Self {
+        Held {
+            levels: SmallVec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, node: NodeRef, mode: Mode) {
+        self.levels.push((node, mode));
+    }
+
+    /// The mode held on the node itself.
+    pub(crate) fn mode(&self) -> Mode {
+        self.levels.last().expect("a guard holds its node").1
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        let leaf = self.levels.last().expect("a guard holds its node").0;
+        // SAFETY: the node is held for as long as `self` is borrowed.
+        &unsafe { leaf.get() }.path
+    }
+
+    /// Releases every level, bottom-up. Idempotent.
+    pub(crate) fn release(&mut self, tree: &LockTree) {
+        if self.levels.is_empty() {
+            return;
+        }
+        let pin = tree.table().pin();
+        while let Some((node, mode)) = self.levels.pop() {
+            // SAFETY: held until this release, and pinned across it (the
+            // release may unlink the node and let another thread free it
+            // only after we unpin).
+            unsafe { node.get() }.release(mode, tree.table(), &pin);
+        }
+    }
+
+    /// Converts to `self.mode().join(m)`, top-down.
+    pub(crate) fn upgrade(&mut self, tree: &LockTree, m: Mode, wait: Wait) -> Result<(), Error> {
+        let current = self.mode();
+        let target = current.join(m);
+        if target == current {
+            return Ok(());
+        }
+        let mut pin = tree.table().pin();
+        let last = self.levels.len() - 1;
+        let mut undo: SmallVec<[(usize, Mode); 8]> = SmallVec::new();
+        for i in 0..=last {
+            let (node, from) = self.levels[i];
+            let to = if i == last {
+                target
+            } else {
+                from.join(target.intention())
+            };
+            if to == from {
+                continue;
+            }
+            match tree.step(&mut pin, node, Some(from), to, wait) {
+                Ok(granted) => {
+                    debug_assert!(granted, "a held node cannot be dead");
+                    self.levels[i].1 = to;
+                    undo.push((i, from));
+                }
+                Err(e) => {
+                    for (j, old) in undo.into_iter().rev() {
+                        let (node, now) = self.levels[j];
+                        // SAFETY: held.
+                        let n = unsafe { node.get() };
+                        // A full counter keeps the stronger mode: still safe.
+                        if n.downgrade(now, old, tree.table(), &pin).is_ok() {
+                            self.levels[j].1 = old;
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Converts to the weaker `m`, the node first, then the ancestors'
+    /// intentions. Never waits.
+    pub(crate) fn downgrade(&mut self, tree: &LockTree, m: Mode) -> Result<(), Error> {
+        let current = self.mode();
+        if !current.covers(m) {
+            return Err(Error::InvalidConversion {
+                from: current,
+                to: m,
+                reason:
+                    "a downgrade must go to a mode the held one covers; use upgrade to strengthen",
+            });
+        }
+        if m == current {
+            return Ok(());
+        }
+        let pin = tree.table().pin();
+        let last = self.levels.len() - 1;
+        let (leaf, _) = self.levels[last];
+        // SAFETY: held.
+        unsafe { leaf.get() }.downgrade(current, m, tree.table(), &pin)?;
+        self.levels[last].1 = m;
+        let to = m.intention();
+        for i in (0..last).rev() {
+            let (node, from) = self.levels[i];
+            if from != to && from.covers(to) {
+                // SAFETY: held.
+                let n = unsafe { node.get() };
+                // A full IS counter keeps IX on this ancestor: still safe.
+                if n.downgrade(from, to, tree.table(), &pin).is_ok() {
+                    self.levels[i].1 = to;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A granted lock plus the tree it must be released to.
+struct RawGuard<T: Deref<Target = LockTree>> {
+    tree: T,
+    held: Held,
+}
+
+impl<T: Deref<Target = LockTree>> Drop for RawGuard<T> {
+    fn drop(&mut self) {
+        self.held.release(&self.tree);
+    }
+}
+
+impl<T: Deref<Target = LockTree>> fmt::Debug for RawGuard<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("path", &format_args!("{}", self.held.path()))
+            .field("mode", &self.held.mode())
+            .finish()
+    }
+}
+
+/// A lock held on one path of a [`LockTree`]; released on drop.
+///
+/// `Send + Sync`: it may be dropped (released) on another thread.
+///
+/// ```
+/// use hierlock::{LockTree, Mode, Error};
+///
+/// let tree = LockTree::new();
+/// let mut g = tree.read("/db/users")?;
+/// assert_eq!(g.mode(), Mode::S);
+/// g.upgrade(Mode::IX)?;                 // S ∨ IX = SIX
+/// assert_eq!(g.mode(), Mode::SIX);
+/// g.downgrade(Mode::S)?;
+/// assert!(g.downgrade(Mode::IX).is_err()); // IX is not weaker than S
+/// g.unlock();
+/// assert_eq!(tree.node_count(), 0);
+/// # Ok::<(), Error>(())
+/// ```
+#[must_use = "if unused the lock is released at once"]
+#[derive(Debug)]
+pub struct Guard<'a>(RawGuard<&'a LockTree>);
+
+/// A lock held on one path of an `Arc<LockTree>`, which it keeps alive:
+/// `'static + Send + Sync`, for storing in structs or moving into tasks.
+///
+/// ```
+/// use std::sync::Arc;
+/// use hierlock::{LockTree, Mode};
+///
+/// let tree = Arc::new(LockTree::new());
+/// let g = tree.lock_owned("/jobs/7", Mode::X).unwrap();
+/// std::thread::spawn(move || drop(g)).join().unwrap();
+/// assert_eq!(tree.node_count(), 0);
+/// ```
+#[must_use = "if unused the lock is released at once"]
+#[derive(Debug)]
+pub struct OwnedGuard(RawGuard<StdArc<LockTree>>);
+
+impl<'a> Guard<'a> {
+    pub(crate) fn new(tree: &'a LockTree, held: Held) -> Self {
+        Guard(RawGuard { tree, held })
+    }
+}
+
+impl OwnedGuard {
+    pub(crate) fn new(tree: StdArc<LockTree>, held: Held) -> Self {
+        OwnedGuard(RawGuard { tree, held })
+    }
+
+    /// The tree this guard locks.
+    pub fn tree(&self) -> &StdArc<LockTree> {
+        &self.0.tree
+    }
+}
+
+macro_rules! guard_methods {
+    ($ty:ty) => {
+        impl $ty {
+            /// The mode held on the node.
+            pub fn mode(&self) -> Mode {
+                self.0.held.mode()
+            }
+
+            /// The path of the node. `Display` gives "/db/users" (root: "/").
+            pub fn path(&self) -> &Path {
+                self.0.held.path()
+            }
+
+            /// Converts to `self.mode().join(mode)` (S with IX gives SIX),
+            /// converting the ancestors' intentions to match, blocking until
+            /// granted. Converting to a mode already covered does nothing.
+            ///
+            /// Conversions are queued ahead of new requests. If another
+            /// holder of this node waits to convert and each of you would
+            /// wait for the other, this call returns [`Error::Deadlock`] at
+            /// once. On any error the guard keeps its old mode.
+            pub fn upgrade(&mut self, mode: Mode) -> Result<(), Error> {
+                self.0.held.upgrade(&self.0.tree, mode, Wait::Until(None))
+            }
+
+            /// Like [`upgrade`](Self::upgrade), but [`Error::WouldBlock`]
+            /// instead of waiting.
+            pub fn try_upgrade(&mut self, mode: Mode) -> Result<(), Error> {
+                self.0.held.upgrade(&self.0.tree, mode, Wait::Never)
+            }
+
+            /// Like [`upgrade`](Self::upgrade), waiting at most `timeout`
+            /// ([`Error::Timeout`]; the guard keeps its old mode).
+            pub fn upgrade_timeout(&mut self, mode: Mode, timeout: Duration) -> Result<(), Error> {
+                self.0
+                    .held
+                    .upgrade(&self.0.tree, mode, Wait::timeout(timeout))
+            }
+
+            /// Converts to a weaker `mode` (one the held mode covers: X to
+            /// S, SIX to IX, S to IS...), turning the ancestors' IX back to
+            /// IS where the new mode allows. Never waits; wakes the waiters
+            /// it unblocks. [`Error::InvalidConversion`] if `mode` is not
+            /// weaker (IX to S); downgrading to the held mode does nothing.
+            pub fn downgrade(&mut self, mode: Mode) -> Result<(), Error> {
+                self.0.held.downgrade(&self.0.tree, mode)
+            }
+
+            /// Releases the lock now (the same as dropping the guard).
+            pub fn unlock(self) {
+                drop(self)
+            }
+        }
+    };
+}
+
+guard_methods!(Guard<'_>);
+guard_methods!(OwnedGuard);

@@ -1,0 +1,280 @@
+//! A node: its state word, its waiter queue, and the protocols that move
+//! requests between the two.
+//!
+//! # Implementation details
+//!
+//! The queue holds the requests that could not be granted when they
+//! arrived, as [`Waiter`] records, under one mutex per node:
+//!
+//! - **Order.** Conversions (a holder asking for a stronger mode on a node it
+//!   already holds) come first, in arrival order; plain requests follow, in
+//!   arrival order. A converter already holds the node, so letting it wait
+//!   behind newcomers would only lengthen everyone's wait.
+//! - **Admission.** A new plain request is granted at once only if it is
+//!   compatible with every holder *and* with every queued request; a new
+//!   conversion, with every holder but itself and with every queued
+//!   conversion. So once a conflicting request waits, later requests that
+//!   conflict with it queue behind it: a stream of readers cannot starve a
+//!   writer, nor a stream of writers a reader.
+//! - **Hand-off.** A release that leaves `WAITING` set in the state word
+//!   takes the queue lock and walks the queue front to back, granting every
+//!   waiter that is compatible with the holders and with the waiters still
+//!   ahead of it — the waiters it unblocks, not everyone. The grant is
+//!   written into the state word by the releaser, then the waiter is woken
+//!   (after the queue lock is dropped).
+//! - **No lost wake-up.** A waiter is queued and `WAITING` set under the
+//!   queue lock, by a CAS that re-validates the conflict. From then on every
+//!   release sees `WAITING` and takes the same lock, so it either ran before
+//!   (and the CAS saw its effect and granted) or it runs after and finds the
+//!   waiter.
+//! - **Cancellation.** A waiter that gives up (timeout, dropped future)
+//!   takes the queue lock; if it was granted meanwhile it keeps the grant and
+//!   its caller releases it normally (passing the wake-up on); otherwise it
+//!   unlinks itself and re-runs the hand-off, because requests queued behind
+//!   it only for fairness may now be grantable. Either way nothing of it is
+//!   left in the queue.
+//! - **Conversion deadlock.** Two holders converting on one node where each
+//!   waits for the other can never both be granted; the one whose wait would
+//!   close the cycle gets [`Error::Deadlock`] before it queues.
+//!
+//! Invariant: `WAITING` is set in the state word iff the queue is non-empty.
+
+use std::collections::VecDeque;
+
+use smallvec::SmallVec;
+
+use crate::park::Waiter;
+use crate::path::Path;
+use crate::state::{ModeSet, Refusal, StateWord};
+use crate::sync::{Arc, Mutex};
+use crate::table::{Pin, Table};
+use crate::{Error, Mode};
+
+/// The outcome of a request on one node.
+#[derive(Debug)]
+pub(crate) enum Acquire {
+    /// The request holds the node.
+    Granted,
+    /// The node was unlinked before the request got to it: look it up again.
+    Dead,
+    /// The request is queued; wait on the waiter, then cancel if giving up.
+    Wait(Arc<Waiter>),
+}
+
+/// One node of the tree.
+#[repr(align(64))]
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) state: StateWord,
+    /// Requests waiting for this node. See the module docs.
+    queue: Mutex<VecDeque<Arc<Waiter>>>,
+    /// The node's name (its key in the table).
+    pub(crate) path: Path,
+    /// The root is never unlinked.
+    is_root: bool,
+}
+
+type Woken = SmallVec<[Arc<Waiter>; 4]>;
+
+impl Node {
+    pub(crate) fn new(path: Path, is_root: bool) -> Self {
+        Node {
+            state: StateWord::new(),
+            queue: Mutex::new(VecDeque::new()),
+            path,
+            is_root,
+        }
+    }
+
+    /// Requests `to` (converting from `from` when the caller already holds
+    /// the node). `make_waiter` builds the waiter record if it must queue.
+    #[inline]
+    pub(crate) fn acquire(
+        &self,
+        from: Option<Mode>,
+        to: Mode,
+        may_wait: bool,
+        make_waiter: impl FnOnce(Option<Mode>, Mode) -> Waiter,
+    ) -> Result<Acquire, Error> {
+        let fast = match from {
+            None => self.state.try_acquire_fast(to),
+            Some(f) => self.state.try_convert_fast(f, to),
+        };
+        if fast {
+            return Ok(Acquire::Granted);
+        }
+        self.acquire_slow(from, to, may_wait, make_waiter)
+    }
+
+    #[cold]
+    fn acquire_slow(
+        &self,
+        from: Option<Mode>,
+        to: Mode,
+        may_wait: bool,
+        make_waiter: impl FnOnce(Option<Mode>, Mode) -> Waiter,
+    ) -> Result<Acquire, Error> {
+        let mut queue = self.queue.lock();
+        let mut ahead = ModeSet::default();
+        for w in queue.iter() {
+            if from.is_none() || w.is_conversion() {
+                ahead.insert(w.target);
+            }
+        }
+        let queue_admits = ahead.compatible_with(to);
+        if queue_admits {
+            match self.state.try_grant(from, to) {
+                Ok(_) => return Ok(Acquire::Granted),
+                Err(Refusal::Dead) => return Ok(Acquire::Dead),
+                Err(Refusal::Full) => return Err(Error::TooManyHolders),
+                Err(Refusal::Conflict) => {}
+            }
+        }
+        if !may_wait {
+            return Err(Error::WouldBlock);
+        }
+        if let Some(held) = from {
+            // A queued converter `w` waits for us if our hold blocks its
+            // target; we would wait for it if its hold blocks our target or
+            // it is ahead of us with a conflicting target. Both: a cycle.
+            let cycle = queue.iter().any(|w| match w.from {
+                Some(w_held) => {
+                    !held.compatible(w.target)
+                        && (!w_held.compatible(to) || !w.target.compatible(to))
+                }
+                None => false,
+            });
+            if cycle {
+                return Err(Error::Deadlock);
+            }
+        }
+        let waiter = Arc::new(make_waiter(from, to));
+        let pos = if from.is_some() {
+            queue.iter().take_while(|w| w.is_conversion()).count()
+        } else {
+            queue.len()
+        };
+        queue.insert(pos, waiter.clone());
+        match self.state.set_waiting_or_grant(from, to, queue_admits) {
+            Ok(false) => Ok(Acquire::Wait(waiter)),
+            Ok(true) => {
+                // A release slipped in between the first check and the CAS.
+                queue.remove(pos);
+                Ok(Acquire::Granted)
+            }
+            Err(_) => {
+                // Dead: only possible with an empty queue, which `pos == 0`
+                // and WAITING never set imply; nothing else to undo.
+                queue.remove(pos);
+                Ok(Acquire::Dead)
+            }
+        }
+    }
+
+    /// Gives back one hold of `m`, handing the node to the waiters this
+    /// unblocks and unlinking the node if it became idle.
+    #[inline]
+    pub(crate) fn release(&self, m: Mode, table: &Table, pin: &Pin) {
+        let after = self.state.release(m);
+        if after.is_waiting() {
+            self.hand_off(table, pin);
+        } else if after.is_idle() && !self.is_root {
+            table.unlink(pin, self);
+        }
+    }
+
+    /// Replaces one hold of `from` by the weaker `to` (never waits).
+    pub(crate) fn downgrade(
+        &self,
+        from: Mode,
+        to: Mode,
+        table: &Table,
+        pin: &Pin,
+    ) -> Result<(), Error> {
+        let after = self
+            .state
+            .downgrade(from, to)
+            .map_err(|_| Error::TooManyHolders)?;
+        if after.is_waiting() {
+            self.hand_off(table, pin);
+        }
+        Ok(())
+    }
+
+    /// Withdraws a queued request. Returns `true` if it had been granted in
+    /// the meantime: the caller then holds the node and must release it (or
+    /// keep it) — the wake-up is not lost either way.
+    pub(crate) fn cancel(&self, waiter: &Arc<Waiter>, table: &Table, pin: &Pin) -> bool {
+        let mut woken = Woken::new();
+        {
+            let mut queue = self.queue.lock();
+            if waiter.is_granted() {
+                return true;
+            }
+            if let Some(pos) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+                queue.remove(pos);
+            }
+            // Requests queued behind this one for fairness may now go.
+            self.grant_waiters(&mut queue, &mut woken);
+        }
+        self.finish_hand_off(woken, table, pin);
+        false
+    }
+
+    #[cold]
+    fn hand_off(&self, table: &Table, pin: &Pin) {
+        let mut woken = Woken::new();
+        self.grant_waiters(&mut self.queue.lock(), &mut woken);
+        self.finish_hand_off(woken, table, pin);
+    }
+
+    fn finish_hand_off(&self, woken: Woken, table: &Table, pin: &Pin) {
+        for w in woken {
+            w.wake();
+        }
+        if !self.is_root && self.state.load().is_idle() {
+            table.unlink(pin, self);
+        }
+    }
+
+    /// Grants, front to back, every waiter compatible with the holders and
+    /// with the waiters still ahead of it. Clears `WAITING` if the queue
+    /// empties. Call with the queue lock held.
+    fn grant_waiters(&self, queue: &mut VecDeque<Arc<Waiter>>, woken: &mut Woken) {
+        let mut ahead_all = ModeSet::default();
+        let mut ahead_conversions = ModeSet::default();
+        let mut i = 0;
+        while i < queue.len() {
+            let w = &queue[i];
+            let ahead = if w.is_conversion() {
+                ahead_conversions
+            } else {
+                ahead_all
+            };
+            if ahead.compatible_with(w.target) && self.state.try_grant(w.from, w.target).is_ok() {
+                let w = queue.remove(i).expect("index in bounds");
+                w.set_granted();
+                woken.push(w);
+            } else {
+                ahead_all.insert(w.target);
+                if w.is_conversion() {
+                    ahead_conversions.insert(w.target);
+                }
+                i += 1;
+            }
+        }
+        if queue.is_empty() {
+            self.state.clear_waiting();
+        }
+    }
+
+    /// The granted and waiting requests, for introspection and tests.
+    #[allow(dead_code)]
+    pub(crate) fn waiting(&self) -> Vec<(Option<Mode>, Mode)> {
+        self.queue
+            .lock()
+            .iter()
+            .map(|w| (w.from, w.target))
+            .collect()
+    }
+}

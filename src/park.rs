@@ -1,0 +1,139 @@
+//! Blocking: one waiter record per blocked request, woken by the release
+//! that grants it — futex-style parking for threads, wakers for tasks.
+//!
+//! A waiter is granted *by the releaser* ("direct hand-off"): the thread
+//! that unblocks it updates the node's state word on the waiter's behalf,
+//! stores [`GRANTED`] in the record, and then wakes the thread or task. A
+//! woken waiter therefore never re-competes for the node; it checks its
+//! status and goes on. Spurious wake-ups are harmless (the status is
+//! re-checked), and a wake-up can never be lost:
+//!
+//! - threads: the granter stores `GRANTED` before `unpark`; the waiter
+//!   checks the status after every `park` returns, and `park` returns at
+//!   once if `unpark` came first;
+//! - tasks: the waker slot is a mutex; the poller stores its waker, then
+//!   re-reads the status; the granter stores the status, then takes the
+//!   waker. Either the poller sees `GRANTED` or the granter sees the waker.
+
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::sync::{thread, AtomicU8, Mutex, Ordering};
+use crate::Mode;
+
+/// Still queued.
+const WAITING: u8 = 0;
+/// Granted by a releaser: the request now holds the node.
+pub(crate) const GRANTED: u8 = 1;
+
+/// How to wake the waiter.
+#[derive(Debug)]
+pub(crate) enum Wake {
+    /// A parked thread.
+    Thread(thread::Thread),
+    /// An async task; `None` until first polled.
+    Task(Mutex<Option<Waker>>),
+}
+
+/// One request waiting in a node's queue.
+///
+/// `target` and `from` never change. `status` goes `WAITING -> GRANTED`
+/// once, only under the node's queue lock.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    /// The mode asked for.
+    pub(crate) target: Mode,
+    /// For a conversion, the mode the request already holds on the node.
+    pub(crate) from: Option<Mode>,
+    status: AtomicU8,
+    wake: Wake,
+}
+
+impl Waiter {
+    pub(crate) fn new(from: Option<Mode>, target: Mode, wake: Wake) -> Self {
+        Waiter {
+            target,
+            from,
+            status: AtomicU8::new(WAITING),
+            wake,
+        }
+    }
+
+    /// A waiter for the current thread.
+    pub(crate) fn for_thread(from: Option<Mode>, target: Mode) -> Self {
+        Waiter::new(from, target, Wake::Thread(thread::current()))
+    }
+
+    /// A waiter for an async task (the waker is stored when polled).
+    pub(crate) fn for_task(from: Option<Mode>, target: Mode) -> Self {
+        Waiter::new(from, target, Wake::Task(Mutex::new(None)))
+    }
+
+    pub(crate) fn is_conversion(&self) -> bool {
+        self.from.is_some()
+    }
+
+    #[inline]
+    pub(crate) fn is_granted(&self) -> bool {
+        self.status.load(Ordering::Acquire) == GRANTED
+    }
+
+    /// Marks the waiter granted. Called under the queue lock by the thread
+    /// that already updated the state word on its behalf; [`Waiter::wake`]
+    /// must follow once the queue lock is released.
+    pub(crate) fn set_granted(&self) {
+        self.status.store(GRANTED, Ordering::Release);
+    }
+
+    /// Wakes the thread or task (after `set_granted`).
+    pub(crate) fn wake(&self) {
+        match &self.wake {
+            Wake::Thread(t) => t.unpark(),
+            Wake::Task(slot) => {
+                let waker = slot.lock().take();
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Parks the calling thread until granted or `deadline` passes.
+    /// Returns whether it was granted. The caller must cancel on `false`.
+    pub(crate) fn park_until(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            if self.is_granted() {
+                return true;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return self.is_granted();
+                    }
+                    thread::park_timeout(d - now);
+                }
+            }
+        }
+    }
+
+    /// Polls for the grant, registering the task's waker if not yet granted.
+    pub(crate) fn poll_granted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_granted() {
+            return Poll::Ready(());
+        }
+        if let Wake::Task(slot) = &self.wake {
+            let mut w = slot.lock();
+            match &*w {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *w = Some(cx.waker().clone()),
+            }
+        }
+        if self.is_granted() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! The node state word: who holds a node, in which modes, and whether
+//! anyone waits — one `AtomicU64`.
+//!
+//! # Layout
+//!
+//! ```text
+//!  63 62 61   60      59  58   57 ........ 40  39 ........ 20  19 ......... 0
+//! +-----+----+-------+---+----+--------------+---------------+--------------+
+//! |  0  |DEAD|WAITING| X |SIX |   S count    |   IX count    |   IS count   |
+//! +-----+----+-------+---+----+--------------+---------------+--------------+
+//!         1     1      1   1      18 bits         20 bits         20 bits
+//! ```
+//!
+//! - `IS`/`IX`/`S` count the holders of each shared-ish mode. A count at its
+//!   maximum refuses one more holder with [`Error::TooManyHolders`]
+//!   (never a wrap into the neighbouring field).
+//! - `SIX` and `X` are single bits: Gray's matrix lets at most one holder of
+//!   either exist at a time.
+//! - `WAITING` is set exactly while the node's waiter queue is non-empty. It
+//!   is only set or cleared under the queue's lock. While it is set the fast
+//!   path refuses every acquisition, so newcomers go through the queue and
+//!   cannot overtake a waiter (fairness), and every release takes the slow
+//!   path and hands the node to the waiters it unblocks.
+//! - `DEAD` is set once, by the CAS `0 -> DEAD`, on a node that nobody holds
+//!   or waits on; the node is then unlinked from the table and its memory
+//!   reclaimed through the epoch. No CAS ever succeeds on a dead word except
+//!   through a path that checks `DEAD` first, so an acquirer that found a
+//!   stale pointer sees `DEAD`, and looks the node up again.
+//!
+//! Acquiring a compatible mode with no waiter is one CAS; releasing is one
+//! `fetch_sub` that looks at the queue only if the result has `WAITING`.
+//!
+//! [`Error::TooManyHolders`]: crate::Error::TooManyHolders
+
+use crate::sync::{AtomicU64, Ordering};
+use crate::Mode;
+
+const IS_SHIFT: u32 = 0;
+const IX_SHIFT: u32 = 20;
+const S_SHIFT: u32 = 40;
+
+/// One IS holder. The IS count lives in bits 0..20.
+const IS_ONE: u64 = 1 << IS_SHIFT;
+/// One IX holder. The IX count lives in bits 20..40.
+const IX_ONE: u64 = 1 << IX_SHIFT;
+/// One S holder. The S count lives in bits 40..58.
+const S_ONE: u64 = 1 << S_SHIFT;
+
+/// All IS count bits; equal to it when the count is at its maximum.
+const IS_MASK: u64 = ((1 << 20) - 1) << IS_SHIFT;
+/// All IX count bits.
+const IX_MASK: u64 = ((1 << 20) - 1) << IX_SHIFT;
+/// All S count bits.
+const S_MASK: u64 = ((1 << 18) - 1) << S_SHIFT;
+/// Set while one holder holds SIX (at most one can: SIX conflicts with SIX).
+const SIX_BIT: u64 = 1 << 58;
+/// Set while one holder holds X.
+const X_BIT: u64 = 1 << 59;
+/// Set exactly while the waiter queue is non-empty; changed only under the
+/// queue lock.
+pub(crate) const WAITING: u64 = 1 << 60;
+/// Set once on an unheld, unawaited node about to be unlinked; never cleared.
+pub(crate) const DEAD: u64 = 1 << 61;
+
+/// The largest count of IS or IX holders on one node.
+pub const MAX_INTENTION_HOLDERS: u64 = (1 << 20) - 1;
+/// The largest count of S holders on one node.
+pub const MAX_SHARED_HOLDERS: u64 = (1 << 18) - 1;
+
+/// The bits that count holders of `m` (a single bit for SIX and X).
+const fn field(m: Mode) -> u64 {
+    match m {
+        Mode::IS => IS_MASK,
+        Mode::IX => IX_MASK,
+        Mode::S => S_MASK,
+        Mode::SIX => SIX_BIT,
+        Mode::X => X_BIT,
+    }
+}
+
+/// What one holder of `m` adds to the word.
+const fn one(m: Mode) -> u64 {
+    match m {
+        Mode::IS => IS_ONE,
+        Mode::IX => IX_ONE,
+        Mode::S => S_ONE,
+        Mode::SIX => SIX_BIT,
+        Mode::X => X_BIT,
+    }
+}
+
+/// The holder bits that, when non-zero, make a request for `m` conflict:
+/// the fields of every mode Gray's matrix says is incompatible with `m`.
+const fn conflicts(m: Mode) -> u64 {
+    let mut mask = 0;
+    let mut i = 0;
+    while i < Mode::ALL.len() {
+        if !Mode::ALL[i].compatible(m) {
+            mask |= field(Mode::ALL[i]);
+        }
+        i += 1;
+    }
+    mask
+}
+
+const CONFLICTS: [u64; 5] = [
+    conflicts(Mode::IS),
+    conflicts(Mode::IX),
+    conflicts(Mode::S),
+    conflicts(Mode::SIX),
+    conflicts(Mode::X),
+];
+
+/// A snapshot of a state word.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct State(pub(crate) u64);
+
+/// Why a grant could not be made on a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// A holder's mode is incompatible with the request.
+    Conflict,
+    /// The request's counter is at its maximum.
+    Full,
+    /// The node is dead: look it up again.
+    Dead,
+}
+
+impl State {
+    /// Number of holders of `m`.
+    pub(crate) fn count(self, m: Mode) -> u64 {
+        (self.0 & field(m)) >> field(m).trailing_zeros()
+    }
+
+    pub(crate) fn is_waiting(self) -> bool {
+        self.0 & WAITING != 0
+    }
+
+    pub(crate) fn is_dead(self) -> bool {
+        self.0 & DEAD != 0
+    }
+
+    /// No holder, no waiter, not dead: the node may be unlinked.
+    pub(crate) fn is_idle(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The word after granting `to`, converting from `from` if the request
+    /// already holds `from` (a conversion), ignoring `WAITING` (the caller
+    /// decides the queue question).
+    #[inline]
+    pub(crate) fn grant(self, from: Option<Mode>, to: Mode) -> Result<State, Refusal> {
+        if self.is_dead() {
+            return Err(Refusal::Dead);
+        }
+        let base = match from {
+            Some(f) => {
+                debug_assert!(self.0 & field(f) != 0, "converting {f} not held");
+                self.0 - one(f)
+            }
+            None => self.0,
+        };
+        if base & CONFLICTS[to as usize] != 0 {
+            return Err(Refusal::Conflict);
+        }
+        if base & field(to) == field(to) {
+            // Only reachable for counters: a set SIX/X bit is a conflict.
+            return Err(Refusal::Full);
+        }
+        Ok(State(base + one(to)))
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "State {{ IS: {}, IX: {}, S: {}, SIX: {}, X: {}, waiting: {}, dead: {} }}",
+            self.count(Mode::IS),
+            self.count(Mode::IX),
+            self.count(Mode::S),
+            self.count(Mode::SIX),
+            self.count(Mode::X),
+            self.is_waiting(),
+            self.is_dead()
+        )
+    }
+}
+
+/// A node's state word.
+#[derive(Debug)]
+pub(crate) struct StateWord(AtomicU64);
+
+impl StateWord {
+    pub(crate) fn new() -> Self {
+        StateWord(AtomicU64::new(0))
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> State {
+        State(self.0.load(Ordering::Acquire))
+    }
+
+    /// The fast path: grant `m` if it is compatible with every holder, the
+    /// counter has room, and nobody waits. One CAS when uncontended.
+    #[inline]
+    pub(crate) fn try_acquire_fast(&self, m: Mode) -> bool {
+        let mut s = self.0.load(Ordering::Relaxed);
+        loop {
+            if s & (CONFLICTS[m as usize] | WAITING | DEAD) != 0 || s & field(m) == field(m) {
+                return false;
+            }
+            match self
+                .0
+                .compare_exchange_weak(s, s + one(m), Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Applies `State::grant` with a CAS loop. With `respect_waiting`, a
+    /// set `WAITING` bit is a conflict (the fast path's rule for
+    /// conversions, which must not pass earlier converters).
+    #[inline]
+    pub(crate) fn try_grant(&self, from: Option<Mode>, to: Mode) -> Result<State, Refusal> {
+        let mut s = State(self.0.load(Ordering::Relaxed));
+        loop {
+            let next = s.grant(from, to)?;
+            match self
+                .0
+                .compare_exchange_weak(s.0, next.0, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(next),
+                Err(now) => s = State(now),
+            }
+        }
+    }
+
+    /// Grant if there is no waiter (and no conflict): the fast path of a
+    /// conversion.
+    #[inline]
+    pub(crate) fn try_convert_fast(&self, from: Mode, to: Mode) -> bool {
+        let mut s = State(self.0.load(Ordering::Relaxed));
+        loop {
+            if s.is_waiting() {
+                return false;
+            }
+            let Ok(next) = s.grant(Some(from), to) else {
+                return false;
+            };
+            match self
+                .0
+                .compare_exchange_weak(s.0, next.0, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => s = State(now),
+            }
+        }
+    }
+
+    /// Gives back one hold of `m`; returns the word after.
+    #[inline]
+    pub(crate) fn release(&self, m: Mode) -> State {
+        let prev = self.0.fetch_sub(one(m), Ordering::Release);
+        debug_assert!(
+            prev & field(m) != 0,
+            "releasing {m} not held: {:?}",
+            State(prev)
+        );
+        State(prev - one(m))
+    }
+
+    /// Replaces one hold of `from` by one of the weaker `to`, which never
+    /// conflicts. Fails only if `to`'s counter is full.
+    pub(crate) fn downgrade(&self, from: Mode, to: Mode) -> Result<State, Refusal> {
+        let mut s = self.0.load(Ordering::Relaxed);
+        loop {
+            let base = s - one(from);
+            if base & field(to) == field(to) {
+                return Err(Refusal::Full);
+            }
+            let next = base + one(to);
+            match self
+                .0
+                .compare_exchange_weak(s, next, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(State(next)),
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Sets `WAITING` unless `m` (converting from `from`) became grantable,
+    /// in which case it is granted instead. Called under the queue lock
+    /// after a waiter was queued: once the bit is set, every release takes
+    /// the queue lock, so a waiter that saw a conflict here cannot miss the
+    /// release that ends it.
+    pub(crate) fn set_waiting_or_grant(
+        &self,
+        from: Option<Mode>,
+        m: Mode,
+        may_grant: bool,
+    ) -> Result<bool, Refusal> {
+        let mut s = State(self.0.load(Ordering::Relaxed));
+        loop {
+            if s.is_dead() {
+                return Err(Refusal::Dead);
+            }
+            let (next, granted) = match s.grant(from, m) {
+                Ok(next) if may_grant => (next, true),
+                _ => (State(s.0 | WAITING), false),
+            };
+            if next == s {
+                return Ok(false);
+            }
+            match self
+                .0
+                .compare_exchange_weak(s.0, next.0, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(granted),
+                Err(now) => s = State(now),
+            }
+        }
+    }
+
+    /// Clears `WAITING` (the queue just became empty); returns the word after.
+    pub(crate) fn clear_waiting(&self) -> State {
+        State(self.0.fetch_and(!WAITING, Ordering::AcqRel) & !WAITING)
+    }
+
+    /// Marks an idle node dead. Fails if anyone holds it, waits on it, or
+    /// it is already dead.
+    pub(crate) fn try_kill(&self) -> bool {
+        self.0
+            .compare_exchange(0, DEAD, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// A set of modes, for "is this request compatible with every waiter ahead
+/// of it".
+#[derive(Clone, Copy, Default, Debug)]
+pub(crate) struct ModeSet(u8);
+
+impl ModeSet {
+    pub(crate) fn insert(&mut self, m: Mode) {
+        self.0 |= 1 << m as u8;
+    }
+
+    /// Whether `m` is compatible with every mode in the set.
+    pub(crate) fn compatible_with(self, m: Mode) -> bool {
+        Mode::ALL
+            .iter()
+            .all(|&o| self.0 & (1 << o as u8) == 0 || o.compatible(m))
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn word(counts: [u64; 5]) -> State {
+        State(Mode::ALL.iter().zip(counts).map(|(&m, c)| c * one(m)).sum())
+    }
+
+    #[test]
+    fn fields_do_not_overlap_and_fit() {
+        let all = [IS_MASK, IX_MASK, S_MASK, SIX_BIT, X_BIT, WAITING, DEAD];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_eq!(a & b, 0);
+            }
+        }
+        assert_eq!(IS_MASK >> IS_SHIFT, MAX_INTENTION_HOLDERS);
+        assert_eq!(IX_MASK >> IX_SHIFT, MAX_INTENTION_HOLDERS);
+        assert_eq!(S_MASK >> S_SHIFT, MAX_SHARED_HOLDERS);
+    }
+
+    #[test]
+    fn grant_follows_grays_matrix() {
+        for held in Mode::ALL {
+            let s = State(0).grant(None, held).unwrap();
+            for req in Mode::ALL {
+                assert_eq!(
+                    s.grant(None, req).is_ok(),
+                    held.compatible(req),
+                    "{held} then {req}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conversion_ignores_own_hold() {
+        let s = State(0).grant(None, Mode::S).unwrap();
+        let x = s.grant(Some(Mode::S), Mode::X).unwrap();
+        assert_eq!(x.count(Mode::X), 1);
+        assert_eq!(x.count(Mode::S), 0);
+        let two = s.grant(None, Mode::S).unwrap();
+        assert_eq!(two.grant(Some(Mode::S), Mode::X), Err(Refusal::Conflict));
+    }
+
+    #[test]
+    fn full_counter_refuses_instead_of_wrapping() {
+        let s = State(MAX_SHARED_HOLDERS * S_ONE);
+        assert_eq!(s.grant(None, Mode::S), Err(Refusal::Full));
+        assert_eq!(s.grant(None, Mode::IS).unwrap().count(Mode::IS), 1);
+        let w = StateWord(AtomicU64::new(s.0));
+        assert!(!w.try_acquire_fast(Mode::S));
+        assert_eq!(w.load(), s);
+        let s = State(MAX_INTENTION_HOLDERS * IX_ONE);
+        assert_eq!(s.grant(None, Mode::IX), Err(Refusal::Full));
+    }
+
+    #[test]
+    fn waiting_and_dead_block_the_fast_path() {
+        let w = StateWord::new();
+        assert!(w.try_acquire_fast(Mode::IS));
+        assert!(w.set_waiting_or_grant(None, Mode::X, true).is_ok());
+        assert!(w.load().is_waiting());
+        assert!(!w.try_acquire_fast(Mode::IS));
+        assert!(!w.try_convert_fast(Mode::IS, Mode::IX));
+        w.release(Mode::IS);
+        assert_eq!(w.clear_waiting(), State(0));
+        assert!(w.try_kill());
+        assert!(!w.try_acquire_fast(Mode::IS));
+        assert_eq!(w.try_grant(None, Mode::IS), Err(Refusal::Dead));
+        assert!(!w.try_kill());
+    }
+
+    #[test]
+    fn mode_set() {
+        let mut set = ModeSet::default();
+        assert!(set.compatible_with(Mode::X));
+        set.insert(Mode::S);
+        assert!(set.compatible_with(Mode::IS));
+        assert!(!set.compatible_with(Mode::IX));
+    }
+
+    proptest! {
+        /// Any word made of compatible holders: count() reads back what was
+        /// put in, and grant/release round-trip.
+        #[test]
+        fn pack_unpack_round_trip(is in 0..=MAX_INTENTION_HOLDERS, ix in 0..=MAX_INTENTION_HOLDERS,
+                                  s in 0..=MAX_SHARED_HOLDERS, six in 0u64..=1, x in 0u64..=1,
+                                  req in 0usize..5) {
+            let st = word([is, ix, s, six, x]);
+            for (m, c) in Mode::ALL.iter().zip([is, ix, s, six, x]) {
+                prop_assert_eq!(st.count(*m), c);
+            }
+            let m = Mode::ALL[req];
+            let w = StateWord(AtomicU64::new(st.0));
+            if let Ok(next) = st.grant(None, m) {
+                prop_assert_eq!(next.count(m), st.count(m) + 1);
+                prop_assert!(w.try_acquire_fast(m));
+                prop_assert_eq!(w.release(m), st);
+            }
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The concurrent map of live nodes, and their reclamation.
+//!
+//! Nodes other than the root live in a [`DashMap`] keyed by their
+//! normalized path, so every ancestor of a path is found by looking up a
+//! prefix of the path's own text (no allocation). The key *is* the node: a
+//! pointer whose `Hash`/`Eq`/`Borrow<str>` go through the node's path, so a
+//! node costs one map entry and no second copy of its name.
+//!
+//! # Life of a node
+//!
+//! 1. `get_or_insert` finds the node or allocates and inserts it. The caller
+//!    is pinned (crossbeam-epoch), so the node's memory stays valid until it
+//!    unpins, whatever else happens to the node.
+//! 2. The caller's CAS on the state word makes it a holder or a waiter;
+//!    a node with a holder or a waiter has a non-zero state word and is
+//!    never reclaimed.
+//! 3. Whoever brings the word to 0 (last release, last waiter leaving)
+//!    calls [`Table::unlink`]: the CAS `0 -> DEAD` marks it dead forever,
+//!    then the entry is removed *if it still points to this node*.
+//! 4. An acquirer that found the node before step 3 fails its CAS on `DEAD`,
+//!    calls [`Table::evict`] itself (in case it won the race to the map),
+//!    and looks the path up again, finding a fresh node.
+//! 5. Exactly one `remove_if` succeeds for a given node; that thread defers
+//!    the node's destruction to the epoch, so it is freed only once every
+//!    thread that might have read the pointer has unpinned.
+//!
+//! Under `cfg(loom)` the map is a mutex-protected `HashMap` and unlinked
+//! nodes are kept until the table drops (loom cannot model the epoch
+//! collector); the state-word and queue protocol above is unchanged.
+
+use std::ptr::NonNull;
+
+use crate::node::Node;
+use crate::path::Path;
+
+/// A pointer to a live node.
+///
+/// Only the table makes these, while the caller is pinned. A `NodeRef` may
+/// be dereferenced (through [`NodeRef::get`]) while the caller is pinned, or
+/// while the caller holds or waits on the node (its state word is then
+/// non-zero, so it cannot have been unlinked and freed).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct NodeRef(NonNull<Node>);
+
+// SAFETY: a `NodeRef` is a shared pointer to a `Node`, which is `Sync`
+// (atomics and a mutex); sending or sharing the pointer between threads is
+// sending a `&Node`, and its validity is governed by holding/pinning, which
+// is not tied to a thread.
+unsafe impl Send for NodeRef {}
+// SAFETY: as above.
+unsafe impl Sync for NodeRef {}
+
+impl NodeRef {
+    pub(crate) fn from_ref(node: &Node) -> Self {
+        NodeRef(NonNull::from(node))
+    }
+
+    /// The node.
+    ///
+    /// # Safety
+    ///
+    /// The caller must be pinned since it obtained this `NodeRef` from the
+    /// table, or hold or wait on the node (see the type's docs), for all of
+    /// `'a`.
+    #[inline]
+    pub(crate) unsafe fn get<'a>(self) -> &'a Node {
+        // SAFETY: by the caller's contract the node has not been freed and
+        // will not be for `'a`; nodes are never mutated except through
+        // their interior-mutable fields.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+#[cfg(not(loom))]
+mod imp {
+    use std::borrow::Borrow;
+    use std::hash::{Hash, Hasher};
+
+    use dashmap::mapref::entry::Entry;
+    use dashmap::DashMap;
+
+    use super::*;
+
+    /// A map key that is the node itself, hashed and compared by its path.
+    struct NodeKey(NodeRef);
+
+    impl NodeKey {
+        fn name(&self) -> &str {
+            // SAFETY: a key is only read while it is in the map or being
+            // inserted by its creator. A node is removed from the map
+            // before its destruction is deferred, and removal waits for the
+            // shard's lock, which every reader of the key holds.
+            unsafe { self.0.get() }.path.as_str()
+        }
+    }
+
+    impl Hash for NodeKey {
+        fn hash<H: Hasher>(&self, state: &mut H) {
+            self.name().hash(state)
+        }
+    }
+
+    impl PartialEq for NodeKey {
+        fn eq(&self, other: &Self) -> bool {
+            self.name() == other.name()
+        }
+    }
+
+    impl Eq for NodeKey {}
+
+    impl Borrow<str> for NodeKey {
+        fn borrow(&self) -> &str {
+            self.name()
+        }
+    }
+
+    /// Proof that the current thread is pinned in the epoch.
+    pub(crate) struct Pin(crossbeam_epoch::Guard);
+
+    impl Pin {
+        /// Runs `f` unpinned (to park without holding back reclamation);
+        /// only `NodeRef`s of nodes the caller holds or waits on stay valid.
+        pub(crate) fn unpinned<R>(&mut self, f: impl FnOnce() -> R) -> R {
+            self.0.repin_after(f)
+        }
+    }
+
+    /// The node map.
+    pub(crate) struct Table {
+        map: DashMap<NodeKey, (), foldhash::fast::RandomState>,
+    }
+
+    impl Table {
+        pub(crate) fn new() -> Self {
+            // More shards than dashmap's default (4 x cores) so unrelated
+            // paths rarely share a shard lock's cache line.
+            Table {
+                map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+            }
+        }
+
+        #[inline]
+        pub(crate) fn pin(&self) -> Pin {
+            Pin(crossbeam_epoch::pin())
+        }
+
+        /// The node named `name` (normalized, non-root), created if missing.
+        /// It may be dead; the caller's CAS finds out.
+        #[inline]
+        pub(crate) fn get_or_insert(&self, _pin: &Pin, name: &str, sep: char) -> NodeRef {
+            if let Some(entry) = self.map.get(name) {
+                return entry.key().0;
+            }
+            self.insert(name, sep)
+        }
+
+        #[cold]
+        fn insert(&self, name: &str, sep: char) -> NodeRef {
+            let fresh = NodeRef(NonNull::from(Box::leak(Box::new(Node::new(
+                Path::from_normalized(name, sep),
+                false,
+            )))));
+            match self.map.entry(NodeKey(fresh)) {
+                Entry::Occupied(o) => {
+                    let existing = o.key().0;
+                    drop(o);
+                    // SAFETY: `fresh` was never published; we own it.
+                    drop(unsafe { Box::from_raw(fresh.0.as_ptr()) });
+                    existing
+                }
+                Entry::Vacant(v) => {
+                    v.insert(());
+                    fresh
+                }
+            }
+        }
+
+        /// Removes `node` from the map if the map still points to it, and
+        /// if so schedules its destruction. `node` must be dead.
+        pub(crate) fn evict(&self, pin: &Pin, node: &Node) {
+            debug_assert!(node.state.load().is_dead());
+            let target = NodeRef::from_ref(node);
+            if let Some((key, ())) = self.map.remove_if(node.path.as_str(), |k, _| k.0 == target) {
+                struct SendPtr(NonNull<Node>);
+                // SAFETY: the node is unreachable from the map and dead; the
+                // closure only frees it, on whichever thread runs it.
+                unsafe impl Send for SendPtr {}
+                let ptr = SendPtr(key.0 .0);
+                // SAFETY: the node was removed from the map by this call
+                // (exactly one remove succeeds per node), so no new thread
+                // can find it; threads that found it earlier are pinned, and
+                // the epoch runs this only after they all unpin.
+                unsafe {
+                    pin.0.defer_unchecked(move || {
+                        let p = ptr;
+                        drop(Box::from_raw(p.0.as_ptr()));
+                    });
+                }
+            }
+        }
+
+        /// Number of nodes in the map (dead ones not yet removed included).
+        pub(crate) fn len(&self) -> usize {
+            self.map.len()
+        }
+    }
+
+    impl Drop for Table {
+        fn drop(&mut self) {
+            // Nodes still here were leaked by `mem::forget` of a guard or are
+            // dead entries; nobody can reach them any more.
+            for entry in self.map.iter() {
+                // SAFETY: `&mut self`: no other thread uses the table, and
+                // each node is in the map exactly once.
+                drop(unsafe { Box::from_raw(entry.key().0 .0.as_ptr()) });
+            }
+        }
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::sync::Mutex;
+
+    /// Under loom there is no epoch: a unit proof.
+    pub(crate) struct Pin;
+
+    impl Pin {
+        pub(crate) fn unpinned<R>(&mut self, f: impl FnOnce() -> R) -> R {
+            f()
+        }
+    }
+
+    /// The node map, for loom: a mutex-protected `HashMap`; unlinked nodes
+    /// stay allocated until the table drops.
+    pub(crate) struct Table {
+        map: Mutex<HashMap<Box<str>, NodeRef>>,
+        graveyard: Mutex<Vec<NodeRef>>,
+    }
+
+    impl Table {
+        pub(crate) fn new() -> Self {
+            Table {
+                map: Mutex::new(HashMap::new()),
+                graveyard: Mutex::new(Vec::new()),
+            }
+        }
+
+        pub(crate) fn pin(&self) -> Pin {
+            Pin
+        }
+
+        pub(crate) fn get_or_insert(&self, _pin: &Pin, name: &str, sep: char) -> NodeRef {
+            let mut map = self.map.lock();
+            if let Some(n) = map.get(name) {
+                return *n;
+            }
+            let fresh = NodeRef(NonNull::from(Box::leak(Box::new(Node::new(
+                Path::from_normalized(name, sep),
+                false,
+            )))));
+            map.insert(name.into(), fresh);
+            fresh
+        }
+
+        pub(crate) fn evict(&self, _pin: &Pin, node: &Node) {
+            assert!(node.state.load().is_dead(), "evicting a live node");
+            let target = NodeRef::from_ref(node);
+            let mut map = self.map.lock();
+            if map.get(node.path.as_str()) == Some(&target) {
+                map.remove(node.path.as_str());
+                self.graveyard.lock().push(target);
+            }
+        }
+
+        pub(crate) fn len(&self) -> usize {
+            self.map.lock().len()
+        }
+    }
+
+    impl Drop for Table {
+        fn drop(&mut self) {
+            let live = self.map.lock().drain().map(|(_, n)| n).collect::<Vec<_>>();
+            for n in live.into_iter().chain(self.graveyard.lock().drain(..)) {
+                // SAFETY: `&mut self`: nobody else can reach the table.
+                drop(unsafe { Box::from_raw(n.0.as_ptr()) });
+            }
+        }
+    }
+}
+
+pub(crate) use imp::{Pin, Table};
+
+impl Table {
+    /// Marks `node` dead if it is idle, and removes it from the map.
+    pub(crate) fn unlink(&self, pin: &Pin, node: &Node) {
+        if node.state.try_kill() {
+            self.evict(pin, node);
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! `LockTree`: the top-down acquisition protocol, timeouts and cancellation.
+//!
+//! Locking mode `M` on a path of depth `d` walks from the root: IS or IX
+//! (`M.intention()`) on levels `0..d`, then `M` on level `d`, each level
+//! granted before the next is asked for. A level that must wait parks the
+//! thread (or suspends the task) in that node's queue while the levels above
+//! stay held. Any error — a `try_` that would block, a deadline, a dropped
+//! future, a full counter — releases the levels already taken, bottom-up,
+//! and leaves nothing queued.
+//!
+//! The walk is pinned in the epoch (so node pointers found in the table stay
+//! valid) except while parked; a parked request's node cannot be reclaimed
+//! because its state word says someone waits.
+
+use std::fmt;
+use std::sync::Arc as StdArc;
+use std::time::{Duration, Instant};
+
+use crate::future::{LockFuture, OwnedLockFuture};
+use crate::guard::{Guard, Held, OwnedGuard};
+use crate::node::{Acquire, Node};
+use crate::park::Waiter;
+use crate::path::{IntoPath, ParsedPath, Path, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
+use crate::table::{NodeRef, Pin, Table};
+use crate::{Error, Mode};
+
+/// How long a request may wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    /// Not at all (`try_`).
+    Never,
+    /// Until the deadline (`None`: forever).
+    Until(Option<Instant>),
+}
+
+impl Wait {
+    pub(crate) fn timeout(timeout: Duration) -> Wait {
+        // A timeout too large to represent waits forever.
+        Wait::Until(Instant::now().checked_add(timeout))
+    }
+
+    pub(crate) fn may_wait(self) -> bool {
+        matches!(self, Wait::Until(_))
+    }
+}
+
+/// A tree of hierarchical intention locks on nodes named by paths.
+///
+/// ```
+/// use hierlock::{LockTree, Mode, Error};
+///
+/// let tree = LockTree::new();
+/// let row = tree.lock("/db/users/42", Mode::X)?;      // IX on /, /db, /db/users
+/// let other = tree.lock("/db/users/43", Mode::X)?;    // siblings never conflict
+/// assert_eq!(tree.try_lock("/db/users", Mode::S).unwrap_err(), Error::WouldBlock);
+/// drop((row, other));
+/// let table = tree.read("/db/users")?;                // S: the whole subtree
+/// assert!(tree.try_lock("/db/users/42", Mode::X).is_err());
+/// # Ok::<(), Error>(())
+/// ```
+pub struct LockTree {
+    root: Node,
+    table: Table,
+    sep: char,
+    max_depth: usize,
+}
+
+/// Configures a [`LockTree`]: the path separator and the depth limit.
+///
+/// ```
+/// use hierlock::{LockTree, Mode};
+/// let tree = LockTree::builder().separator(':').max_depth(8).build();
+/// let g = tree.lock("db:users", Mode::S).unwrap();
+/// assert_eq!(g.path().to_string(), ":db:users");
+/// assert!(tree.lock("a:b:c:d:e:f:g:h:i", Mode::S).is_err());
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until .build()"]
+pub struct Builder {
+    sep: char,
+    max_depth: usize,
+}
+
+impl Builder {
+    /// The character that separates components in string paths (default `/`).
+    pub fn separator(mut self, sep: char) -> Self {
+        self.sep = sep;
+        self
+    }
+
+    /// The largest number of components a path may have (default 256).
+    pub fn max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Builds the tree.
+    pub fn build(self) -> LockTree {
+        LockTree {
+            root: Node::new(Path::root(self.sep), true),
+            table: Table::new(),
+            sep: self.sep,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            sep: DEFAULT_SEPARATOR,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+}
+
+impl Default for LockTree {
+    fn default() -> Self {
+        LockTree::new()
+    }
+}
+
+impl fmt::Debug for LockTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockTree")
+            .field("separator", &self.sep)
+            .field("max_depth", &self.max_depth)
+            .field("node_count", &self.node_count())
+            .finish()
+    }
+}
+
+impl LockTree {
+    /// An empty tree with separator `/` and `max_depth` 256.
+    pub fn new() -> LockTree {
+        Builder::default().build()
+    }
+
+    /// A builder to choose the separator and depth limit.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The separator of string paths.
+    pub fn separator(&self) -> char {
+        self.sep
+    }
+
+    /// The largest number of components a path may have.
+    pub fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+
+    /// Locks `path` in `mode`, blocking until granted: `mode.intention()` on
+    /// every proper ancestor, top-down, then `mode` on the node.
+    ///
+    /// Waiting is fair: this request queues behind earlier conflicting ones.
+    /// Taking a second lock on a thread that already holds one can deadlock
+    /// like any nested locking (for example a queued writer between your
+    /// two requests); use [`lock_timeout`](Self::lock_timeout) where that
+    /// can happen.
+    ///
+    /// Errors: [`Error::InvalidPath`], [`Error::TooManyHolders`].
+    pub fn lock<'p>(&self, path: impl IntoPath<'p>, mode: Mode) -> Result<Guard<'_>, Error> {
+        let path = self.parse(path)?;
+        let held = self.acquire(&path, mode, Wait::Until(None))?;
+        Ok(Guard::new(self, held))
+    }
+
+    /// Locks `path` in `mode` only if that needs no waiting at any level;
+    /// otherwise [`Error::WouldBlock`] (also when an earlier conflicting
+    /// request is queued: `try_lock` never jumps the queue).
+    pub fn try_lock<'p>(&self, path: impl IntoPath<'p>, mode: Mode) -> Result<Guard<'_>, Error> {
+        let path = self.parse(path)?;
+        let held = self.acquire(&path, mode, Wait::Never)?;
+        Ok(Guard::new(self, held))
+    }
+
+    /// Locks `path` in `mode`, waiting at most `timeout` for the whole
+    /// acquisition (all levels together). On [`Error::Timeout`] everything
+    /// taken so far is released.
+    pub fn lock_timeout<'p>(
+        &self,
+        path: impl IntoPath<'p>,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<Guard<'_>, Error> {
+        let path = self.parse(path)?;
+        let held = self.acquire(&path, mode, Wait::timeout(timeout))?;
+        Ok(Guard::new(self, held))
+    }
+
+    /// `lock(path, Mode::S)`: read the node and everything under it.
+    pub fn read<'p>(&self, path: impl IntoPath<'p>) -> Result<Guard<'_>, Error> {
+        self.lock(path, Mode::S)
+    }
+
+    /// `lock(path, Mode::X)`: own the node and everything under it.
+    pub fn write<'p>(&self, path: impl IntoPath<'p>) -> Result<Guard<'_>, Error> {
+        self.lock(path, Mode::X)
+    }
+
+    /// Locks `path` in `mode` from async code, on any executor.
+    ///
+    /// The path is checked when this is called: an invalid path makes the
+    /// future resolve at once to [`Error::InvalidPath`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves releases every level it had
+    /// taken and removes its queue entry; a grant that arrived just before
+    /// the drop is released and so handed on to the next waiter. Nothing is
+    /// leaked, and no other waiter misses its wake-up. To bound the wait,
+    /// race it against your runtime's timer (`tokio::time::timeout`).
+    ///
+    /// ```
+    /// # futures::executor::block_on(async {
+    /// use hierlock::{LockTree, Mode};
+    /// let tree = LockTree::new();
+    /// let g = tree.lock_async("/db", Mode::S).await.unwrap();
+    /// assert_eq!(g.mode(), Mode::S);
+    /// # });
+    /// ```
+    pub fn lock_async<'p>(&self, path: impl IntoPath<'p>, mode: Mode) -> LockFuture<'_> {
+        LockFuture::new(self, self.parse(path).map(ParsedPath::into_owned), mode)
+    }
+
+    /// Like [`lock`](Self::lock), returning a `'static` guard that keeps the
+    /// tree alive: for guards stored in structs or moved into threads.
+    pub fn lock_owned<'p>(
+        self: &StdArc<Self>,
+        path: impl IntoPath<'p>,
+        mode: Mode,
+    ) -> Result<OwnedGuard, Error> {
+        let path = self.parse(path)?;
+        let held = self.acquire(&path, mode, Wait::Until(None))?;
+        Ok(OwnedGuard::new(self.clone(), held))
+    }
+
+    /// Like [`try_lock`](Self::try_lock), returning an [`OwnedGuard`].
+    pub fn try_lock_owned<'p>(
+        self: &StdArc<Self>,
+        path: impl IntoPath<'p>,
+        mode: Mode,
+    ) -> Result<OwnedGuard, Error> {
+        let path = self.parse(path)?;
+        let held = self.acquire(&path, mode, Wait::Never)?;
+        Ok(OwnedGuard::new(self.clone(), held))
+    }
+
+    /// Like [`lock_timeout`](Self::lock_timeout), returning an [`OwnedGuard`].
+    pub fn lock_owned_timeout<'p>(
+        self: &StdArc<Self>,
+        path: impl IntoPath<'p>,
+        mode: Mode,
+        timeout: Duration,
+    ) -> Result<OwnedGuard, Error> {
+        let path = self.parse(path)?;
+        let held = self.acquire(&path, mode, Wait::timeout(timeout))?;
+        Ok(OwnedGuard::new(self.clone(), held))
+    }
+
+    /// Like [`lock_async`](Self::lock_async), resolving to an [`OwnedGuard`];
+    /// the future itself is `'static` (spawnable).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`lock_async`](Self::lock_async).
+    pub fn lock_owned_async<'p>(
+        self: &StdArc<Self>,
+        path: impl IntoPath<'p>,
+        mode: Mode,
+    ) -> OwnedLockFuture {
+        OwnedLockFuture::new(
+            self.clone(),
+            self.parse(path).map(ParsedPath::into_owned),
+            mode,
+        )
+    }
+
+    /// The number of live nodes besides the root: nodes somebody holds or
+    /// waits on. It is 0 once nothing is held or awaited.
+    pub fn node_count(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn parse<'p>(&self, path: impl IntoPath<'p>) -> Result<ParsedPath<'p>, Error> {
+        path.into_parsed(self.sep, self.max_depth)
+    }
+
+    pub(crate) fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub(crate) fn root(&self) -> NodeRef {
+        NodeRef::from_ref(&self.root)
+    }
+
+    /// The node for level `name` (`None`: the root), found or created.
+    #[inline]
+    pub(crate) fn node(&self, pin: &Pin, name: Option<&str>) -> NodeRef {
+        match name {
+            None => self.root(),
+            Some(name) => self.table.get_or_insert(pin, name, self.sep),
+        }
+    }
+
+    /// The synchronous walk: every level of `path`, top-down.
+    pub(crate) fn acquire(
+        &self,
+        path: &ParsedPath<'_>,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<Held, Error> {
+        let mut held = Held::new();
+        let mut pin = self.table.pin();
+        let mut names = path.prefixes();
+        for level in 0..=path.depth {
+            let name = if level == 0 { None } else { names.next() };
+            let m = if level == path.depth {
+                mode
+            } else {
+                mode.intention()
+            };
+            loop {
+                let node = self.node(&pin, name);
+                match self.step(&mut pin, node, None, m, wait) {
+                    Ok(true) => {
+                        held.push(node, m);
+                        break;
+                    }
+                    Ok(false) => {
+                        // SAFETY: pinned since `node` was looked up.
+                        self.table.evict(&pin, unsafe { node.get() });
+                    }
+                    Err(e) => {
+                        held.release(self);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    /// One request on one node, parking the thread if it must wait.
+    /// `Ok(true)`: granted; `Ok(false)`: the node is dead, look it up again.
+    pub(crate) fn step(
+        &self,
+        pin: &mut Pin,
+        node: NodeRef,
+        from: Option<Mode>,
+        to: Mode,
+        wait: Wait,
+    ) -> Result<bool, Error> {
+        // SAFETY: the caller is pinned since it looked `node` up (or holds
+        // it, for a conversion).
+        let n = unsafe { node.get() };
+        match n.acquire(from, to, wait.may_wait(), Waiter::for_thread)? {
+            Acquire::Granted => Ok(true),
+            Acquire::Dead => Ok(false),
+            Acquire::Wait(waiter) => {
+                let deadline = match wait {
+                    Wait::Until(d) => d,
+                    Wait::Never => unreachable!("queued a request that may not wait"),
+                };
+                // While queued, the node's state word is non-zero, so the
+                // node stays allocated without the pin.
+                let granted = pin.unpinned(|| waiter.park_until(deadline));
+                if granted || n.cancel(&waiter, &self.table, pin) {
+                    // A grant that raced with the deadline is kept: the
+                    // caller's next level sees the deadline has passed.
+                    Ok(true)
+                } else {
+                    Err(Error::Timeout)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        assert_send_sync::<LockTree>();
+        assert_send_sync::<Guard<'static>>();
+        assert_send_sync::<OwnedGuard>();
+        assert_send_sync::<LockFuture<'static>>();
+        assert_send_sync::<OwnedLockFuture>();
+    }
+
+    #[test]
+    fn lock_unlock_reclaims_nodes() {
+        let tree = LockTree::new();
+        let g = tree.lock("/a/b/c", Mode::X).unwrap();
+        assert_eq!(tree.node_count(), 3);
+        drop(g);
+        assert_eq!(tree.node_count(), 0);
+        assert_eq!(tree.root.state.load().0, 0);
+    }
+
+    #[test]
+    fn failed_try_lock_releases_the_ancestors_it_took() {
+        let tree = LockTree::new();
+        let x = tree.lock("/a/b", Mode::X).unwrap();
+        assert_eq!(
+            tree.try_lock("/a/b/c", Mode::S).unwrap_err(),
+            Error::WouldBlock
+        );
+        assert_eq!(tree.node_count(), 2);
+        let root = tree.root.state.load();
+        assert_eq!(root.count(Mode::IX), 1);
+        assert_eq!(root.count(Mode::IS), 0);
+        drop(x);
+        assert_eq!(tree.node_count(), 0);
+    }
+}

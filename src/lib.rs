@@ -51,7 +51,8 @@
 //!
 //! # Cargo features
 //!
-//! None yet; the Redis backend will be the `redis` feature.
+//! - `redis`: [`redis::RedisLockTree`], the same modes across processes
+//!   through one Redis (or Redis Cluster), with leases and fencing tokens.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -66,6 +67,10 @@ mod state;
 mod sync;
 mod table;
 mod tree;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 
 pub use error::Error;
 pub use future::{LockFuture, OwnedLockFuture};

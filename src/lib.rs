@@ -51,7 +51,7 @@
 //!
 //! # Cargo features
 //!
-//! - `redis`: [`redis::RedisLockTree`], the same modes across processes
+//! - `redis`: `redis::RedisLockTree`, the same modes across processes
 //!   through one Redis (or Redis Cluster), with leases and fencing tokens.
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -79,3 +79,8 @@ pub use mode::{Mode, ParseModeError};
 pub use path::{IntoPath, Path, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
 pub use state::{MAX_INTENTION_HOLDERS, MAX_SHARED_HOLDERS};
 pub use tree::{Builder, LockTree};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

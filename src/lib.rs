@@ -56,11 +56,14 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod deadlock;
 mod error;
 mod future;
 mod guard;
+mod inspect;
 mod mode;
 mod node;
+mod owner;
 mod park;
 mod path;
 mod state;
@@ -75,7 +78,9 @@ pub mod redis;
 pub use error::Error;
 pub use future::{LockFuture, OwnedLockFuture};
 pub use guard::{Guard, OwnedGuard};
+pub use inspect::{Granted, NodeInfo, Snapshot, Waiting};
 pub use mode::{Mode, ParseModeError};
+pub use owner::{Owner, OwnerGuard, OwnerId, Reentrancy};
 pub use path::{IntoPath, Path, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
 pub use state::{MAX_INTENTION_HOLDERS, MAX_SHARED_HOLDERS};
 pub use tree::{Builder, LockTree};

@@ -268,13 +268,9 @@ impl Node {
         }
     }
 
-    /// The granted and waiting requests, for introspection and tests.
-    #[allow(dead_code)]
-    pub(crate) fn waiting(&self) -> Vec<(Option<Mode>, Mode)> {
-        self.queue
-            .lock()
-            .iter()
-            .map(|w| (w.from, w.target))
-            .collect()
+    /// The queued requests, front first, for introspection and deadlock
+    /// detection.
+    pub(crate) fn waiters(&self) -> Vec<Arc<Waiter>> {
+        self.queue.lock().iter().cloned().collect()
     }
 }

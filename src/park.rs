@@ -18,6 +18,7 @@
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use crate::owner::OwnerId;
 use crate::sync::{thread, AtomicU8, Mutex, Ordering};
 use crate::Mode;
 
@@ -45,15 +46,26 @@ pub(crate) struct Waiter {
     pub(crate) target: Mode,
     /// For a conversion, the mode the request already holds on the node.
     pub(crate) from: Option<Mode>,
+    /// The owner making the request (`None` for a plain `LockTree::lock`).
+    pub(crate) owner: Option<OwnerId>,
+    /// When the request started waiting, for introspection.
+    pub(crate) since: Instant,
     status: AtomicU8,
     wake: Wake,
 }
 
 impl Waiter {
-    pub(crate) fn new(from: Option<Mode>, target: Mode, wake: Wake) -> Self {
+    pub(crate) fn new(
+        from: Option<Mode>,
+        target: Mode,
+        owner: Option<OwnerId>,
+        wake: Wake,
+    ) -> Self {
         Waiter {
             target,
             from,
+            owner,
+            since: Instant::now(),
             status: AtomicU8::new(WAITING),
             wake,
         }
@@ -61,12 +73,17 @@ impl Waiter {
 
     /// A waiter for the current thread.
     pub(crate) fn for_thread(from: Option<Mode>, target: Mode) -> Self {
-        Waiter::new(from, target, Wake::Thread(thread::current()))
+        Waiter::new(from, target, None, Wake::Thread(thread::current()))
     }
 
     /// A waiter for an async task (the waker is stored when polled).
     pub(crate) fn for_task(from: Option<Mode>, target: Mode) -> Self {
-        Waiter::new(from, target, Wake::Task(Mutex::new(None)))
+        Waiter::new(from, target, None, Wake::Task(Mutex::new(None)))
+    }
+
+    /// A waiter for an owner's async request.
+    pub(crate) fn for_owner_task(from: Option<Mode>, target: Mode, owner: OwnerId) -> Self {
+        Waiter::new(from, target, Some(owner), Wake::Task(Mutex::new(None)))
     }
 
     pub(crate) fn is_conversion(&self) -> bool {

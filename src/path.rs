@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn depth_limit() {
-        let ok = vec!["c"; 4].join("/");
+        let ok = ["c"; 4].join("/");
         assert_eq!(parse_str(&ok, '/', 4).unwrap().depth, 4);
         let e = parse_str("c/c/c/c/c", '/', 4).unwrap_err();
         assert!(e.to_string().contains("max_depth of 4"), "{e}");

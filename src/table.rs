@@ -39,7 +39,7 @@ use crate::path::Path;
 /// be dereferenced (through [`NodeRef::get`]) while the caller is pinned, or
 /// while the caller holds or waits on the node (its state word is then
 /// non-zero, so it cannot have been unlinked and freed).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct NodeRef(NonNull<Node>);
 
 // SAFETY: a `NodeRef` is a shared pointer to a `Node`, which is `Sync`
@@ -142,6 +142,16 @@ mod imp {
         #[inline]
         pub(crate) fn pin(&self) -> Pin {
             Pin(crossbeam_epoch::pin())
+        }
+
+        /// The node named `name`, if it is in the map (possibly dead).
+        pub(crate) fn get(&self, _pin: &Pin, name: &str) -> Option<NodeRef> {
+            self.map.get(name).map(|e| e.key().0)
+        }
+
+        /// Every node in the map (possibly dead ones), for snapshots.
+        pub(crate) fn nodes(&self, _pin: &Pin) -> Vec<NodeRef> {
+            self.map.iter().map(|e| e.key().0).collect()
         }
 
         /// The node named `name` (normalized, non-root), created if missing.
@@ -251,6 +261,14 @@ mod imp {
 
         pub(crate) fn pin(&self) -> Pin {
             Pin
+        }
+
+        pub(crate) fn get(&self, _pin: &Pin, name: &str) -> Option<NodeRef> {
+            self.map.lock().get(name).copied()
+        }
+
+        pub(crate) fn nodes(&self, _pin: &Pin) -> Vec<NodeRef> {
+            self.map.lock().values().copied().collect()
         }
 
         pub(crate) fn get_or_insert(&self, _pin: &Pin, name: &str, sep: char) -> NodeRef {

@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::Arc as StdArc;
 use std::time::{Duration, Instant};
 
+use crate::deadlock::Owners;
 use crate::future::{LockFuture, OwnedLockFuture};
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::{Acquire, Node};
@@ -61,6 +62,7 @@ impl Wait {
 pub struct LockTree {
     root: Node,
     table: Table,
+    owners: Owners,
     sep: char,
     max_depth: usize,
 }
@@ -99,6 +101,7 @@ impl Builder {
         LockTree {
             root: Node::new(Path::root(self.sep), true),
             table: Table::new(),
+            owners: Owners::default(),
             sep: self.sep,
             max_depth: self.max_depth,
         }
@@ -290,6 +293,10 @@ impl LockTree {
 
     pub(crate) fn table(&self) -> &Table {
         &self.table
+    }
+
+    pub(crate) fn owners(&self) -> &Owners {
+        &self.owners
     }
 
     pub(crate) fn root(&self) -> NodeRef {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::path::Path;
+use crate::path::{IntoPath, ParsedPath, Path};
 use crate::table::NodeRef;
 use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
@@ -102,6 +102,108 @@ impl Held {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Moves the hold to `to` in the same mode. The new path is locked (the
+    /// levels both paths share converted as needed) before anything of the
+    /// old path is released; on error nothing changed.
+    pub(crate) fn rename(
+        &mut self,
+        tree: &LockTree,
+        to: &ParsedPath<'_>,
+        wait: Wait,
+    ) -> Result<(), Error> {
+        let mode = self.mode();
+        let need = |level: usize| {
+            if level == to.depth {
+                mode
+            } else {
+                mode.intention()
+            }
+        };
+        // The root and the leading components both paths share are the
+        // same nodes, held by us.
+        let common = 1 + self
+            .path()
+            .components()
+            .zip(to.components())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut pin = tree.table().pin();
+        let mut converted: SmallVec<[(usize, Mode); 8]> = SmallVec::new();
+        let mut fresh = Held::new();
+        let mut result = Ok(());
+        for level in 0..common {
+            let (node, held) = self.levels[level];
+            let target = held.join(need(level));
+            if target != held {
+                match tree.step(&mut pin, node, Some(held), target, wait) {
+                    Ok(_) => {
+                        self.levels[level].1 = target;
+                        converted.push((level, held));
+                    }
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+        let mut names = to.prefixes().skip(common - 1);
+        if result.is_ok() {
+            'levels: for level in common..=to.depth {
+                let name = names.next();
+                loop {
+                    let node = tree.node(&pin, name);
+                    match tree.step(&mut pin, node, None, need(level), wait) {
+                        Ok(true) => {
+                            fresh.push(node, need(level));
+                            break;
+                        }
+                        // SAFETY: pinned since the lookup.
+                        Ok(false) => tree.table().evict(&pin, unsafe { node.get() }),
+                        Err(e) => {
+                            result = Err(e);
+                            break 'levels;
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = result {
+            fresh.release(tree);
+            for (level, before) in converted.into_iter().rev() {
+                let (node, now) = self.levels[level];
+                // SAFETY: held.
+                if unsafe { node.get() }
+                    .downgrade(now, before, tree.table(), &pin)
+                    .is_ok()
+                {
+                    self.levels[level].1 = before;
+                }
+            }
+            return Err(e);
+        }
+        // The new path is held: let go of the old one.
+        while self.levels.len() > common {
+            let (node, m) = self.levels.pop().expect("len > common");
+            // SAFETY: held until this release; pinned.
+            unsafe { node.get() }.release(m, tree.table(), &pin);
+        }
+        for level in (0..common).rev() {
+            let (node, now) = self.levels[level];
+            let want = need(level);
+            // SAFETY: held.
+            if now != want
+                && unsafe { node.get() }
+                    .downgrade(now, want, tree.table(), &pin)
+                    .is_ok()
+            {
+                self.levels[level].1 = want;
+            }
+        }
+        self.levels.extend(fresh.levels.drain(..));
         Ok(())
     }
 
@@ -264,6 +366,44 @@ macro_rules! guard_methods {
             /// weaker (IX to S); downgrading to the held mode does nothing.
             pub fn downgrade(&mut self, mode: Mode) -> Result<(), Error> {
                 self.0.held.downgrade(&self.0.tree, mode)
+            }
+
+            /// Moves this lock to `path`, in the same mode, blocking until
+            /// granted. The new path is locked before the old one is
+            /// released, so the holder is never unprotected; levels both
+            /// paths share stay held throughout. On error the guard keeps
+            /// its old path and nothing is leaked.
+            ///
+            /// ```
+            /// use hierlock::{LockTree, Mode};
+            /// let tree = LockTree::new();
+            /// let mut g = tree.lock("/tmp/upload-7", Mode::X).unwrap();
+            /// g.rename("/files/report.pdf").unwrap();
+            /// assert_eq!(g.path().to_string(), "/files/report.pdf");
+            /// assert!(tree.try_lock("/tmp/upload-7", Mode::X).is_ok());
+            /// ```
+            pub fn rename<'p>(&mut self, path: impl IntoPath<'p>) -> Result<(), Error> {
+                let to = self.0.tree.parse(path)?;
+                self.0.held.rename(&self.0.tree, &to, Wait::Until(None))
+            }
+
+            /// Like [`rename`](Self::rename), but [`Error::WouldBlock`]
+            /// instead of waiting.
+            pub fn try_rename<'p>(&mut self, path: impl IntoPath<'p>) -> Result<(), Error> {
+                let to = self.0.tree.parse(path)?;
+                self.0.held.rename(&self.0.tree, &to, Wait::Never)
+            }
+
+            /// Like [`rename`](Self::rename), waiting at most `timeout`.
+            pub fn rename_timeout<'p>(
+                &mut self,
+                path: impl IntoPath<'p>,
+                timeout: Duration,
+            ) -> Result<(), Error> {
+                let to = self.0.tree.parse(path)?;
+                self.0
+                    .held
+                    .rename(&self.0.tree, &to, Wait::timeout(timeout))
             }
 
             /// Releases the lock now (the same as dropping the guard).

@@ -70,6 +70,7 @@ mod state;
 mod sync;
 mod table;
 mod tree;
+mod watch;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -84,6 +85,7 @@ pub use owner::{Owner, OwnerGuard, OwnerId, Reentrancy};
 pub use path::{IntoPath, Path, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
 pub use state::{MAX_INTENTION_HOLDERS, MAX_SHARED_HOLDERS};
 pub use tree::{Builder, LockTree};
+pub use watch::Acquirable;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -117,7 +117,7 @@ impl Node {
         let mut queue = self.queue.lock();
         let mut ahead = ModeSet::default();
         for w in queue.iter() {
-            if from.is_none() || w.is_conversion() {
+            if !w.watch && (from.is_none() || w.is_conversion()) {
                 ahead.insert(w.target);
             }
         }
@@ -246,6 +246,13 @@ impl Node {
         let mut i = 0;
         while i < queue.len() {
             let w = &queue[i];
+            if w.watch {
+                // Something changed: the watcher re-checks.
+                let w = queue.remove(i).expect("index in bounds");
+                w.set_granted();
+                woken.push(w);
+                continue;
+            }
             let ahead = if w.is_conversion() {
                 ahead_conversions
             } else {
@@ -269,8 +276,67 @@ impl Node {
     }
 
     /// The queued requests, front first, for introspection and deadlock
-    /// detection.
+    /// detection (watchers left out).
     pub(crate) fn waiters(&self) -> Vec<Arc<Waiter>> {
-        self.queue.lock().iter().cloned().collect()
+        self.queue
+            .lock()
+            .iter()
+            .filter(|w| !w.watch)
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a new request for `m` would be granted now (holders and the
+    /// queue both admit it), without taking anything.
+    pub(crate) fn admits(&self, m: Mode) -> bool {
+        let s = self.state.load();
+        if s.is_dead() {
+            return true; // nobody holds it; a fresh node will be made
+        }
+        if s.grant(None, m).is_err() {
+            return false;
+        }
+        !s.is_waiting() || self.queue_admits(&self.queue.lock(), m)
+    }
+
+    fn queue_admits(&self, queue: &VecDeque<Arc<Waiter>>, m: Mode) -> bool {
+        queue.iter().all(|w| w.watch || w.target.compatible(m))
+    }
+
+    /// Registers `watcher` to be woken at the next change of this node,
+    /// unless the node already admits `m` (then `false`, nothing queued).
+    pub(crate) fn watch(&self, watcher: &Arc<Waiter>) -> bool {
+        let mut queue = self.queue.lock();
+        let s = self.state.load();
+        if s.is_dead()
+            || (s.grant(None, watcher.target).is_ok() && self.queue_admits(&queue, watcher.target))
+        {
+            return false;
+        }
+        // The CAS refuses an idle or dead word: a release that emptied the
+        // node since the check above either happened before it (and we see
+        // the node free) or sees WAITING and wakes us.
+        if !self.state.try_set_waiting() {
+            return false;
+        }
+        queue.push_back(watcher.clone());
+        true
+    }
+
+    /// Removes a watcher (woken or not) and tidies up after it.
+    pub(crate) fn unwatch(&self, watcher: &Arc<Waiter>, table: &Table, pin: &Pin) {
+        {
+            let mut queue = self.queue.lock();
+            let Some(pos) = queue.iter().position(|w| Arc::ptr_eq(w, watcher)) else {
+                return;
+            };
+            queue.remove(pos);
+            if queue.is_empty() {
+                self.state.clear_waiting();
+            }
+        }
+        if !self.is_root && self.state.load().is_idle() {
+            table.unlink(pin, self);
+        }
     }
 }

@@ -170,6 +170,9 @@ pub(crate) struct OwnerShared {
 pub struct Owner<'t> {
     tree: &'t LockTree,
     shared: StdArc<OwnerShared>,
+    /// False for the short-lived handles guards make to request on their
+    /// owner's behalf: dropping those releases nothing.
+    primary: bool,
 }
 
 /// A lock held by an [`Owner`]; released on drop (or by
@@ -200,7 +203,11 @@ impl LockTree {
             waiting: PlMutex::new(None),
         });
         self.owners().register(shared.clone());
-        Owner { tree: self, shared }
+        Owner {
+            tree: self,
+            shared,
+            primary: true,
+        }
     }
 }
 
@@ -539,6 +546,9 @@ impl<'t> Owner<'t> {
 
 impl Drop for Owner<'_> {
     fn drop(&mut self) {
+        if !self.primary {
+            return;
+        }
         self.release_all();
         self.tree.owners().unregister(self.shared.id);
     }
@@ -594,9 +604,8 @@ fn reconcile(tree: &LockTree, pin: &Pin, state: &mut OwnerState, node: NodeRef) 
         }
         (Some(held), Some(need)) if held != need && held.covers(need) => {
             // A full counter keeps the stronger hold: still safe.
-            if n.downgrade(held, need, tree.table(), pin).is_ok() {
-                hold.held = Some(need);
-            }
+            let downgraded = n.downgrade(held, need, tree.table(), pin).is_ok();
+            hold.held = Some(if downgraded { need } else { held });
         }
         (None, None) => {
             state.nodes.remove(&node);
@@ -759,6 +768,43 @@ impl<'t> OwnerGuard<'t> {
     /// The owner this guard belongs to.
     pub fn owner_id(&self) -> OwnerId {
         self.owner.id
+    }
+
+    /// Moves this lock to `path` in the same mode, for the same owner: the
+    /// new path is locked before the old one is released; on error the
+    /// guard keeps its old path.
+    pub fn rename<'p>(&mut self, path: impl IntoPath<'p>) -> Result<(), Error> {
+        let new = self.as_owner().lock(path, self.mode)?;
+        drop(std::mem::replace(self, new));
+        Ok(())
+    }
+
+    /// Like [`rename`](Self::rename), but [`Error::WouldBlock`] instead of
+    /// waiting.
+    pub fn try_rename<'p>(&mut self, path: impl IntoPath<'p>) -> Result<(), Error> {
+        let new = self.as_owner().try_lock(path, self.mode)?;
+        drop(std::mem::replace(self, new));
+        Ok(())
+    }
+
+    /// Like [`rename`](Self::rename), waiting at most `timeout`.
+    pub fn rename_timeout<'p>(
+        &mut self,
+        path: impl IntoPath<'p>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let new = self.as_owner().lock_timeout(path, self.mode, timeout)?;
+        drop(std::mem::replace(self, new));
+        Ok(())
+    }
+
+    /// A handle on the guard's owner whose drop releases nothing.
+    fn as_owner(&self) -> Owner<'t> {
+        Owner {
+            tree: self.tree,
+            shared: self.owner.clone(),
+            primary: false,
+        }
     }
 
     /// Releases this guard's share of the owner's locks now.

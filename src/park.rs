@@ -50,6 +50,9 @@ pub(crate) struct Waiter {
     pub(crate) owner: Option<OwnerId>,
     /// When the request started waiting, for introspection.
     pub(crate) since: Instant,
+    /// A watcher (`acquirable`): never granted, never blocks anyone; woken
+    /// (marked granted and removed) by every hand-off on its node.
+    pub(crate) watch: bool,
     status: AtomicU8,
     wake: Wake,
 }
@@ -66,6 +69,7 @@ impl Waiter {
             from,
             owner,
             since: Instant::now(),
+            watch: false,
             status: AtomicU8::new(WAITING),
             wake,
         }
@@ -79,6 +83,14 @@ impl Waiter {
     /// A waiter for an async task (the waker is stored when polled).
     pub(crate) fn for_task(from: Option<Mode>, target: Mode) -> Self {
         Waiter::new(from, target, None, Wake::Task(Mutex::new(None)))
+    }
+
+    /// A watcher for an async task: woken when the node changes.
+    pub(crate) fn watcher_task(target: Mode) -> Self {
+        Waiter {
+            watch: true,
+            ..Waiter::for_task(None, target)
+        }
     }
 
     /// A waiter for an owner's async request.

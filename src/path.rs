@@ -180,6 +180,12 @@ impl<'a> ParsedPath<'a> {
         &self.text[..end]
     }
 
+    /// The components, root first.
+    pub(crate) fn components(&self) -> impl Iterator<Item = &str> + '_ {
+        let text: &str = &self.text;
+        text.split(self.sep).filter(move |_| !text.is_empty())
+    }
+
     /// The normalized texts of every proper ancestor except the root,
     /// shallowest first, then the node itself (unless it is the root).
     pub(crate) fn prefixes(&self) -> Prefixes<'_> {

@@ -325,6 +325,25 @@ impl StateWord {
         }
     }
 
+    /// Sets `WAITING` for a watcher, unless the node became idle or dead
+    /// (then `false`: the watcher has nothing to wait for). Call under the
+    /// queue lock.
+    pub(crate) fn try_set_waiting(&self) -> bool {
+        let mut s = self.0.load(Ordering::Relaxed);
+        loop {
+            if s == 0 || s & DEAD != 0 {
+                return false;
+            }
+            match self
+                .0
+                .compare_exchange_weak(s, s | WAITING, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
     /// Clears `WAITING` (the queue just became empty); returns the word after.
     pub(crate) fn clear_waiting(&self) -> State {
         State(self.0.fetch_and(!WAITING, Ordering::AcqRel) & !WAITING)

@@ -1,0 +1,413 @@
+//! loom models of hierlock's protocols, through the public API.
+//!
+//! Run with
+//!
+//! ```text
+//! cd loom-tests && RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release
+//! ```
+//!
+//! Under `--cfg loom` the engine's atomics, queue mutexes, parking and
+//! `Arc`s come from `loom` (`src/sync.rs`) and its node table is a
+//! mutex-protected map, so every model below runs the real state-word,
+//! queue, hand-off, cancellation and reclamation code under the model
+//! checker. Each model says which bug it would catch; `mutants/` holds one
+//! engine mutant per model and `run-mutants.sh` checks that each is caught.
+//!
+//! Critical sections are checked twice: a loom `UnsafeCell` (loom reports
+//! two accesses not ordered by happens-before, i.e. a grant that did not
+//! synchronize with the previous holder's release) and an occupancy counter
+//! (two holders inside at once). There is no clock under loom, so no model
+//! uses a timeout.
+#![cfg(loom)]
+
+use std::future::Future;
+use std::sync::atomic::AtomicUsize as StdAtomicUsize;
+use std::sync::Arc;
+use std::task::{Context, Wake, Waker};
+
+use hierlock::{Error, LockTree, Mode};
+use loom::cell::UnsafeCell;
+use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use loom::thread;
+
+/// A resource guarded by the locks: writers need exclusion, readers only
+/// exclusion from writers.
+struct Resource {
+    data: UnsafeCell<u64>,
+    /// Writers in the low 16 bits, readers above.
+    inside: AtomicUsize,
+}
+
+const WRITER: usize = 1;
+const READER: usize = 1 << 16;
+
+impl Resource {
+    fn new() -> Self {
+        Resource {
+            data: UnsafeCell::new(0),
+            inside: AtomicUsize::new(0),
+        }
+    }
+
+    fn write(&self) {
+        let before = self.inside.fetch_add(WRITER, SeqCst);
+        assert_eq!(before, 0, "a writer entered while others were inside");
+        self.data.with_mut(|p| unsafe { *p += 1 });
+        self.inside.fetch_sub(WRITER, SeqCst);
+    }
+
+    fn read(&self) {
+        let before = self.inside.fetch_add(READER, SeqCst);
+        assert_eq!(
+            before % READER,
+            0,
+            "a reader entered while a writer was inside"
+        );
+        self.data.with(|p| unsafe { *p });
+        self.inside.fetch_sub(READER, SeqCst);
+    }
+}
+
+/// Runs `f` under loom (preemption bound `LOOM_MAX_PREEMPTIONS`, 2 if
+/// unset) and prints how many interleavings were explored.
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    if b.preemption_bound.is_none() {
+        b.preemption_bound = Some(2);
+    }
+    let runs = Arc::new(StdAtomicUsize::new(0));
+    let counted = runs.clone();
+    b.check(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f()
+    });
+    let name = std::thread::current().name().unwrap_or("?").to_owned();
+    eprintln!(
+        "{name}: {} interleavings",
+        runs.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
+/// Two requests of conflicting modes on one node (IX and S: both are
+/// counted modes, so only the CONFLICTS masks keep them apart) are never
+/// granted together, in either arrival order, and the waiter is handed the
+/// node when the other leaves.
+///
+/// Catches: a wrong CONFLICTS entry (mutant `conflicts-s-ignores-ix`), a
+/// grant written without acquire/release ordering.
+#[test]
+fn conflicting_modes_on_one_node_never_both_granted() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let res = Arc::new(Resource::new());
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let g = tree.lock("/a", Mode::IX).unwrap();
+                res.write();
+                drop(g);
+            })
+        };
+        let g = tree.lock("/a", Mode::S).unwrap();
+        res.read();
+        drop(g);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// `first` is held in X when a second thread asks for X on `second` (one is
+/// the other's ancestor): the second request must wait (through the
+/// intention mode on the ancestor) until the first is released.
+fn ancestor_descendant(first: &'static str, second: &'static str) {
+    model(move || {
+        let tree = Arc::new(LockTree::new());
+        let res = Arc::new(Resource::new());
+        let g = tree.lock(first, Mode::X).unwrap();
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let g = tree.lock(second, Mode::X).unwrap();
+                res.write();
+                drop(g);
+            })
+        };
+        res.write();
+        drop(g);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// X on `/a` held, X on `/a/b` requested: the IX the request takes on `/a`
+/// must wait for the X.
+///
+/// Catches: IX not conflicting with a held X (mutant `conflicts-ix-ignores-x`).
+#[test]
+fn x_on_ancestor_excludes_x_on_descendant() {
+    ancestor_descendant("/a", "/a/b");
+}
+
+/// X on `/a/b` held (so IX on `/a`), X on `/a` requested: must wait for the
+/// descendant's intention.
+///
+/// Catches: X not conflicting with a held IX (mutant `conflicts-x-ignores-ix`).
+#[test]
+fn x_on_descendant_excludes_x_on_ancestor() {
+    ancestor_descendant("/a/b", "/a");
+}
+
+/// S against S on one node, plus S on a child: all granted by `try_lock`
+/// whatever the interleaving (no false conflict, no spurious WouldBlock
+/// from a CAS race).
+///
+/// Catches: S conflicting with S (mutant `conflicts-s-with-s`), a CAS loop
+/// that gives up on contention instead of retrying.
+#[test]
+fn s_and_s_both_granted() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let t = {
+            let tree = tree.clone();
+            thread::spawn(move || {
+                let g = tree.try_lock("/a", Mode::S).expect("S next to S");
+                drop(g);
+            })
+        };
+        let g = tree.try_lock("/a", Mode::S).expect("S next to S");
+        let h = tree.try_lock("/a/b", Mode::S).expect("S under S");
+        drop((g, h));
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// A release racing with a waiter that is queueing and going to sleep (a
+/// blocking `lock` in a loom thread): the waiter always wakes, granted. A
+/// lost wake-up leaves the waiter parked forever and loom reports a
+/// deadlock at the `join`.
+///
+/// Catches: queueing without re-validating the conflict under the queue
+/// lock (mutant `no-revalidate-waiting`), a release that does not hand the
+/// node off (mutant `no-hand-off`).
+#[test]
+fn release_racing_with_sleeping_waiter_wakes_it() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let res = Arc::new(Resource::new());
+        let g = tree.lock("/a", Mode::X).unwrap();
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let g = tree.lock("/a", Mode::X).unwrap();
+                res.write();
+                drop(g);
+            })
+        };
+        res.write();
+        drop(g);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// The last release of `/a` (state word to 0: marked DEAD, unlinked) races
+/// with an acquirer that already found the node in the table. The acquirer
+/// must never be granted on the unlinked node — it would then hold a node
+/// nobody else can see, and a later X on `/a` (a fresh node) would be
+/// granted next to it — and `node_count` must end at 0.
+///
+/// Catches: granting on a DEAD node (mutant `grant-on-dead`), a release
+/// that forgets to unlink an idle node (mutant `never-unlink`).
+#[test]
+fn release_to_zero_racing_with_acquirer() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let res = Arc::new(Resource::new());
+        let g = tree.lock("/a", Mode::S).unwrap();
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                if let Ok(g) = tree.try_lock("/a", Mode::S) {
+                    res.read();
+                    drop(g);
+                }
+            })
+        };
+        drop(g);
+        if let Ok(x) = tree.try_lock("/a", Mode::X) {
+            res.write();
+            drop(x);
+        }
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// A waker that counts its wake-ups.
+struct CountingWaker(StdAtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// An async lock is polled once (queued behind a held X), then dropped
+/// while another thread releases the X — the grant may land just before
+/// the drop. The grant must be released (or passed on), never leaked:
+/// afterwards X on the path is free and no node is left.
+///
+/// Catches: a dropped future that keeps a grant it received after its
+/// last poll (mutant `cancel-leaks-grant`).
+#[test]
+fn dropped_future_racing_with_grant() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let held = tree.lock_owned("/a", Mode::X).unwrap();
+        let counter = Arc::new(CountingWaker(StdAtomicUsize::new(0)));
+        let waker = Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        {
+            // Boxed, not `pin!`: `drop(fut)` must drop the future itself.
+            let mut fut = Box::pin(tree.lock_async("/a", Mode::X));
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            let t = thread::spawn(move || drop(held));
+            drop(fut);
+            t.join().unwrap();
+        }
+        let x = tree.try_lock("/a", Mode::X).expect("nothing leaked");
+        drop(x);
+        assert_eq!(tree.node_count(), 0);
+        assert!(counter.0.load(std::sync::atomic::Ordering::SeqCst) <= 1);
+    });
+}
+
+/// Two S holders of one node both upgrade to X: each would wait for the
+/// other's S. Exactly one gets `Error::Deadlock` (and keeps its S, which it
+/// then releases); the other is granted X.
+///
+/// Catches: a missing or wrong conversion-cycle check (mutant
+/// `no-deadlock-check`: both wait forever, loom reports the deadlock).
+#[test]
+fn two_upgraders_exactly_one_deadlock() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let mut g1 = tree.lock_owned("/a", Mode::S).unwrap();
+        let mut g2 = tree.lock_owned("/a", Mode::S).unwrap();
+        let t = thread::spawn(move || {
+            let r = g1.upgrade(Mode::X);
+            if r.is_ok() {
+                assert_eq!(g1.mode(), Mode::X);
+            } else {
+                assert_eq!(g1.mode(), Mode::S, "the victim keeps its mode");
+            }
+            drop(g1);
+            r
+        });
+        let r2 = g2.upgrade(Mode::X);
+        drop(g2);
+        let r1 = t.join().unwrap();
+        let deadlocks = [&r1, &r2]
+            .iter()
+            .filter(|r| matches!(r, Err(Error::Deadlock)))
+            .count();
+        assert_eq!(deadlocks, 1, "{r1:?} {r2:?}");
+        assert!(r1.is_ok() || r2.is_ok(), "{r1:?} {r2:?}");
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// Fairness: S is held on `/a` and an X waits for it; a later IS on `/a`
+/// (compatible with the holder, not with the waiter) must queue behind the
+/// X, so `try_lock` refuses it.
+///
+/// Catches: admission that ignores the queue (mutant
+/// `admission-ignores-queue`), which lets a stream of readers starve a
+/// writer.
+#[test]
+fn waiting_x_blocks_later_is() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let g = tree.lock("/a", Mode::S).unwrap();
+        let t = {
+            let tree = tree.clone();
+            thread::spawn(move || drop(tree.lock("/a", Mode::X).unwrap()))
+        };
+        while tree.inspect("/a").unwrap().waiting.is_empty() {
+            thread::yield_now();
+        }
+        assert_eq!(
+            tree.try_lock("/a", Mode::IS).map(drop).unwrap_err(),
+            Error::WouldBlock
+        );
+        drop(g);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// A future waiting for X behind a held S is dropped while a blocking S
+/// request may be queued behind it (for fairness only: S is compatible
+/// with the holder). Withdrawing the future must let that reader in at
+/// once — the main thread still holds its S when it joins the reader, so a
+/// reader left asleep is a loom deadlock.
+///
+/// Catches: a cancelled waiter that does not re-run the hand-off for the
+/// requests queued behind it (mutant `cancel-no-hand-off`).
+#[test]
+fn dropped_future_lets_the_queue_behind_it_go() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let held = tree.lock("/a", Mode::S).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut fut = Box::pin(tree.lock_async("/a", Mode::X));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        let reader = {
+            let tree = tree.clone();
+            thread::spawn(move || drop(tree.lock("/a", Mode::S).unwrap()))
+        };
+        drop(fut);
+        reader.join().unwrap();
+        drop(held);
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// Two S requests wait behind an X; the X's release must grant both at
+/// once (the hand-off grants every compatible waiter at the head of the
+/// queue): each reader, once in, waits for the other to be in too before
+/// it leaves.
+///
+/// Catches: a hand-off that grants only the first waiter (mutant
+/// `hand-off-first-only`: the first reader waits for the second forever,
+/// which loom reports as a spin that exceeds its branch limit).
+#[test]
+fn release_wakes_every_compatible_waiter() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let res = Arc::new(Resource::new());
+        let both_in = Arc::new(AtomicUsize::new(0));
+        let g = tree.lock("/a", Mode::X).unwrap();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (tree, res, both_in) = (tree.clone(), res.clone(), both_in.clone());
+                thread::spawn(move || {
+                    let g = tree.lock("/a", Mode::S).unwrap();
+                    res.read();
+                    both_in.fetch_add(1, SeqCst);
+                    while both_in.load(SeqCst) < 2 {
+                        thread::yield_now();
+                    }
+                    drop(g);
+                })
+            })
+            .collect();
+        res.write();
+        drop(g);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(tree.node_count(), 0);
+    });
+}

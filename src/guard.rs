@@ -9,22 +9,68 @@
 //! exactly its old mode.
 
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::ops::Deref;
+use std::ptr::NonNull;
 use std::sync::Arc as StdArc;
 use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::node::Node;
 use crate::path::{IntoPath, ParsedPath, Path};
 use crate::table::NodeRef;
 use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
 
+/// One level of a hold: a node pointer with the mode held there packed into
+/// its low bits (nodes are 64-byte aligned, so the low 6 bits of the
+/// address are always zero). Halves the size of a guard, which is moved
+/// around by value on every lock.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Level(NonNull<Node>);
+
+const MODE_BITS: usize = 0b111;
+const _: () = assert!(std::mem::align_of::<Node>() > MODE_BITS);
+
+impl Level {
+    #[inline]
+    fn new(node: NodeRef, mode: Mode) -> Self {
+        Level(node.as_non_null().map_addr(|a| a | mode as usize))
+    }
+
+    #[inline]
+    fn node(self) -> NodeRef {
+        // A node address is never below 64, so clearing the tag bits
+        // never gives zero; `unwrap_or` only satisfies the type.
+        NodeRef::from_non_null(
+            self.0
+                .map_addr(|a| NonZeroUsize::new(a.get() & !MODE_BITS).unwrap_or(a)),
+        )
+    }
+
+    #[inline]
+    fn mode(self) -> Mode {
+        Mode::ALL[self.0.addr().get() & MODE_BITS]
+    }
+
+    #[inline]
+    fn get(self) -> (NodeRef, Mode) {
+        (self.node(), self.mode())
+    }
+}
+
 /// The levels a request holds: node and mode, root first.
 #[derive(Debug)]
 pub(crate) struct Held {
-    levels: SmallVec<[(NodeRef, Mode); 8]>,
+    levels: SmallVec<[Level; 8]>,
 }
+
+// SAFETY: a `Level` is a `NodeRef` with a mode in its low bits; `NodeRef`
+// is `Send + Sync` (see its docs), and so is a list of them.
+unsafe impl Send for Held {}
+// SAFETY: as above.
+unsafe impl Sync for Held {}
 
 impl Held {
     pub(crate) fn new() -> Self {
@@ -34,32 +80,31 @@ impl Held {
     }
 
     pub(crate) fn push(&mut self, node: NodeRef, mode: Mode) {
-        self.levels.push((node, mode));
+        self.levels.push(Level::new(node, mode));
     }
 
     /// The mode held on the node itself.
     pub(crate) fn mode(&self) -> Mode {
-        self.levels.last().expect("a guard holds its node").1
+        self.levels.last().expect("a guard holds its node").mode()
     }
 
     pub(crate) fn path(&self) -> &Path {
-        let leaf = self.levels.last().expect("a guard holds its node").0;
+        let leaf = self.levels.last().expect("a guard holds its node").node();
         // SAFETY: the node is held for as long as `self` is borrowed.
         &unsafe { leaf.get() }.path
     }
 
     /// Releases every level, bottom-up. Idempotent.
     pub(crate) fn release(&mut self, tree: &LockTree) {
-        if self.levels.is_empty() {
-            return;
+        let mut pin = None;
+        for level in self.levels.iter().rev() {
+            let (node, mode) = level.get();
+            // SAFETY: held until this release; `release_lazy` pins before
+            // any step that could let the node be unlinked and freed while
+            // it still looks at it.
+            unsafe { node.get() }.release_lazy(mode, tree.table(), &mut pin);
         }
-        let pin = tree.table().pin();
-        while let Some((node, mode)) = self.levels.pop() {
-            // SAFETY: held until this release, and pinned across it (the
-            // release may unlink the node and let another thread free it
-            // only after we unpin).
-            unsafe { node.get() }.release(mode, tree.table(), &pin);
-        }
+        self.levels.clear();
     }
 
     /// Converts to `self.mode().join(m)`, top-down.
@@ -73,7 +118,7 @@ impl Held {
         let last = self.levels.len() - 1;
         let mut undo: SmallVec<[(usize, Mode); 8]> = SmallVec::new();
         for i in 0..=last {
-            let (node, from) = self.levels[i];
+            let (node, from) = self.levels[i].get();
             let to = if i == last {
                 target
             } else {
@@ -85,17 +130,17 @@ impl Held {
             match tree.step(&mut pin, node, Some(from), to, wait) {
                 Ok(granted) => {
                     debug_assert!(granted, "a held node cannot be dead");
-                    self.levels[i].1 = to;
+                    self.levels[i] = Level::new(self.levels[i].node(), to);
                     undo.push((i, from));
                 }
                 Err(e) => {
                     for (j, old) in undo.into_iter().rev() {
-                        let (node, now) = self.levels[j];
+                        let (node, now) = self.levels[j].get();
                         // SAFETY: held.
                         let n = unsafe { node.get() };
                         // A full counter keeps the stronger mode: still safe.
                         if n.downgrade(now, old, tree.table(), &pin).is_ok() {
-                            self.levels[j].1 = old;
+                            self.levels[j] = Level::new(self.levels[j].node(), old);
                         }
                     }
                     return Err(e);
@@ -135,12 +180,12 @@ impl Held {
         let mut fresh = Held::new();
         let mut result = Ok(());
         for level in 0..common {
-            let (node, held) = self.levels[level];
+            let (node, held) = self.levels[level].get();
             let target = held.join(need(level));
             if target != held {
                 match tree.step(&mut pin, node, Some(held), target, wait) {
                     Ok(_) => {
-                        self.levels[level].1 = target;
+                        self.levels[level] = Level::new(self.levels[level].node(), target);
                         converted.push((level, held));
                     }
                     Err(e) => {
@@ -174,25 +219,25 @@ impl Held {
         if let Err(e) = result {
             fresh.release(tree);
             for (level, before) in converted.into_iter().rev() {
-                let (node, now) = self.levels[level];
+                let (node, now) = self.levels[level].get();
                 // SAFETY: held.
                 if unsafe { node.get() }
                     .downgrade(now, before, tree.table(), &pin)
                     .is_ok()
                 {
-                    self.levels[level].1 = before;
+                    self.levels[level] = Level::new(self.levels[level].node(), before);
                 }
             }
             return Err(e);
         }
         // The new path is held: let go of the old one.
         while self.levels.len() > common {
-            let (node, m) = self.levels.pop().expect("len > common");
+            let (node, m) = self.levels.pop().expect("len > common").get();
             // SAFETY: held until this release; pinned.
             unsafe { node.get() }.release(m, tree.table(), &pin);
         }
         for level in (0..common).rev() {
-            let (node, now) = self.levels[level];
+            let (node, now) = self.levels[level].get();
             let want = need(level);
             // SAFETY: held.
             if now != want
@@ -200,7 +245,7 @@ impl Held {
                     .downgrade(now, want, tree.table(), &pin)
                     .is_ok()
             {
-                self.levels[level].1 = want;
+                self.levels[level] = Level::new(self.levels[level].node(), want);
             }
         }
         self.levels.extend(fresh.levels.drain(..));
@@ -224,19 +269,19 @@ impl Held {
         }
         let pin = tree.table().pin();
         let last = self.levels.len() - 1;
-        let (leaf, _) = self.levels[last];
+        let (leaf, _) = self.levels[last].get();
         // SAFETY: held.
         unsafe { leaf.get() }.downgrade(current, m, tree.table(), &pin)?;
-        self.levels[last].1 = m;
+        self.levels[last] = Level::new(self.levels[last].node(), m);
         let to = m.intention();
         for i in (0..last).rev() {
-            let (node, from) = self.levels[i];
+            let (node, from) = self.levels[i].get();
             if from != to && from.covers(to) {
                 // SAFETY: held.
                 let n = unsafe { node.get() };
                 // A full IS counter keeps IX on this ancestor: still safe.
                 if n.downgrade(from, to, tree.table(), &pin).is_ok() {
-                    self.levels[i].1 = to;
+                    self.levels[i] = Level::new(self.levels[i].node(), to);
                 }
             }
         }

@@ -217,10 +217,13 @@ impl<'p> Iterator for Prefixes<'p> {
         } else {
             self.pos + self.sep.len_utf8()
         };
-        let end = match self.text[start..].find(self.sep) {
-            Some(i) => start + i,
-            None => self.text.len(),
+        let found = if self.sep.is_ascii() {
+            let sep = self.sep as u8;
+            self.text.as_bytes()[start..].iter().position(|&b| b == sep)
+        } else {
+            self.text[start..].find(self.sep)
         };
+        let end = found.map_or(self.text.len(), |i| start + i);
         self.pos = end;
         Some(&self.text[..end])
     }
@@ -256,6 +259,13 @@ fn too_deep(shown: impl FnOnce() -> String, depth: usize, max_depth: usize) -> E
 
 /// Validates a string path and returns its normalized slice.
 pub(crate) fn parse_str(input: &str, sep: char, max_depth: usize) -> Result<ParsedPath<'_>, Error> {
+    if let Some((text, depth)) = ascii_parse(input, sep, max_depth) {
+        return Ok(ParsedPath {
+            text: Cow::Borrowed(text),
+            depth,
+            sep,
+        });
+    }
     let mut text = input.strip_prefix(sep).unwrap_or(input);
     if text.is_empty() {
         return Ok(ParsedPath {
@@ -287,6 +297,41 @@ pub(crate) fn parse_str(input: &str, sep: char, max_depth: usize) -> Result<Pars
         depth,
         sep,
     })
+}
+
+/// The fast path of `parse_str` for an ASCII separator: one pass over the
+/// bytes, returning the normalized slice and the depth. `None` if the path
+/// is invalid (or the separator is not ASCII); the slow path then says why.
+#[inline]
+fn ascii_parse(input: &str, sep: char, max_depth: usize) -> Option<(&str, usize)> {
+    if !sep.is_ascii() {
+        return None;
+    }
+    let sep = sep as u8;
+    let bytes = input.as_bytes();
+    let start = usize::from(bytes.first() == Some(&sep));
+    if start == bytes.len() {
+        return Some(("", 0));
+    }
+    let end = bytes.len() - usize::from(bytes[bytes.len() - 1] == sep);
+    if end <= start {
+        return None; // "//"
+    }
+    let mut depth = 1;
+    let mut empty = true; // the current component has no byte yet
+    for &b in &bytes[start..end] {
+        if b == sep {
+            if empty {
+                return None;
+            }
+            depth += 1;
+            empty = true;
+        } else {
+            empty = false;
+        }
+    }
+    // Slicing at ASCII bytes keeps the text valid UTF-8.
+    (!empty && depth <= max_depth).then(|| (&input[start..end], depth))
 }
 
 /// Validates a list of components and joins them into the normalized form.

@@ -272,6 +272,27 @@ impl StateWord {
         State(prev - one(m))
     }
 
+    /// Gives back one hold of `m` if that leaves other holders and no
+    /// waiter: then nothing more is to be done with the node, not even
+    /// looking at it again. `false` (nothing changed) otherwise.
+    #[inline]
+    pub(crate) fn try_release_shared(&self, m: Mode) -> bool {
+        let mut s = self.0.load(Ordering::Relaxed);
+        loop {
+            if s & WAITING != 0 || s == one(m) {
+                return false;
+            }
+            debug_assert!(s & field(m) != 0, "releasing {m} not held: {:?}", State(s));
+            match self
+                .0
+                .compare_exchange_weak(s, s - one(m), Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
     /// Replaces one hold of `from` by one of the weaker `to`, which never
     /// conflicts. Fails only if `to`'s counter is full.
     pub(crate) fn downgrade(&self, from: Mode, to: Mode) -> Result<State, Refusal> {

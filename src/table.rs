@@ -55,6 +55,14 @@ impl NodeRef {
         NodeRef(NonNull::from(node))
     }
 
+    pub(crate) fn as_non_null(self) -> NonNull<Node> {
+        self.0
+    }
+
+    pub(crate) fn from_non_null(ptr: NonNull<Node>) -> Self {
+        NodeRef(ptr)
+    }
+
     /// The node.
     ///
     /// # Safety

@@ -22,6 +22,7 @@ use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::{Acquire, Node};
 use crate::park::Waiter;
 use crate::path::{IntoPath, ParsedPath, Path, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
+use crate::sync::Arc;
 use crate::table::{NodeRef, Pin, Table};
 use crate::{Error, Mode};
 
@@ -352,6 +353,7 @@ impl LockTree {
 
     /// One request on one node, parking the thread if it must wait.
     /// `Ok(true)`: granted; `Ok(false)`: the node is dead, look it up again.
+    #[inline]
     pub(crate) fn step(
         &self,
         pin: &mut Pin,
@@ -366,22 +368,32 @@ impl LockTree {
         match n.acquire(from, to, wait.may_wait(), Waiter::for_thread)? {
             Acquire::Granted => Ok(true),
             Acquire::Dead => Ok(false),
-            Acquire::Wait(waiter) => {
-                let deadline = match wait {
-                    Wait::Until(d) => d,
-                    Wait::Never => unreachable!("queued a request that may not wait"),
-                };
-                // While queued, the node's state word is non-zero, so the
-                // node stays allocated without the pin.
-                let granted = pin.unpinned(|| waiter.park_until(deadline));
-                if granted || n.cancel(&waiter, &self.table, pin) {
-                    // A grant that raced with the deadline is kept: the
-                    // caller's next level sees the deadline has passed.
-                    Ok(true)
-                } else {
-                    Err(Error::Timeout)
-                }
-            }
+            Acquire::Wait(waiter) => self.park(pin, n, waiter, wait),
+        }
+    }
+
+    /// Parks until `waiter` is granted or the deadline passes.
+    #[cold]
+    fn park(
+        &self,
+        pin: &mut Pin,
+        n: &Node,
+        waiter: Arc<Waiter>,
+        wait: Wait,
+    ) -> Result<bool, Error> {
+        let deadline = match wait {
+            Wait::Until(d) => d,
+            Wait::Never => unreachable!("queued a request that may not wait"),
+        };
+        // While queued, the node's state word is non-zero, so the node stays
+        // allocated without the pin.
+        let granted = pin.unpinned(|| waiter.park_until(deadline));
+        if granted || n.cancel(&waiter, &self.table, pin) {
+            // A grant that raced with the deadline is kept: the caller's
+            // next level sees the deadline has passed.
+            Ok(true)
+        } else {
+            Err(Error::Timeout)
         }
     }
 }

@@ -15,6 +15,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use compact_str::CompactString;
+
 use crate::Error;
 
 /// The default limit on the number of components of a path.
@@ -41,7 +43,8 @@ pub const DEFAULT_SEPARATOR: char = '/';
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Path {
     /// Normalized: components joined by `sep`, no separator at the ends.
-    text: Box<str>,
+    /// Inline (no allocation) up to 24 bytes, which most node names are.
+    text: CompactString,
     sep: char,
 }
 
@@ -49,7 +52,7 @@ impl Path {
     /// The root path of a tree using separator `sep`.
     pub fn root(sep: char) -> Path {
         Path {
-            text: "".into(),
+            text: CompactString::const_new(""),
             sep,
         }
     }
@@ -69,7 +72,7 @@ impl Path {
 
     pub(crate) fn from_normalized(text: &str, sep: char) -> Path {
         Path {
-            text: text.into(),
+            text: CompactString::new(text),
             sep,
         }
     }

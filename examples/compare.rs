@@ -199,7 +199,7 @@ fn run<L: Locker + Default>(work: Work, threads: usize, dur: Duration) -> f64 {
         for (i, prog) in programs.iter().enumerate() {
             let (locker, stop, total, start) = (&locker, &stop, &total, &start);
             s.spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1) * 0x1234_5678_9ABC_DEF1);
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 0x1234_5678_9ABC_DEF1));
                 let n = prog.paths.len() as u64;
                 let mut ops = 0u64;
                 start.wait();

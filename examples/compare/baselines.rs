@@ -190,8 +190,7 @@ impl TextbookState {
     /// Takes every level or none.
     fn try_take(&mut self, path: &str, mode: Mode) -> bool {
         let levels = levels(path, mode);
-        let mut taken = 0;
-        for (name, m) in levels.clone() {
+        for (taken, (name, m)) in levels.clone().enumerate() {
             let c = match self.counts.get_mut(name) {
                 Some(c) => c,
                 None => self.counts.entry(name.to_owned()).or_default(),
@@ -201,7 +200,6 @@ impl TextbookState {
                 return false;
             }
             c[mode_index(m)] += 1;
-            taken += 1;
         }
         true
     }
@@ -335,7 +333,7 @@ impl Locker for HilokDesign {
         HilokGuard {
             owner: self,
             path,
-            locks: locks,
+            locks,
             write,
         }
     }
@@ -362,7 +360,7 @@ impl Locker for HilokDesign {
         Some(HilokGuard {
             owner: self,
             path,
-            locks: locks,
+            locks,
             write,
         })
     }

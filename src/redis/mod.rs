@@ -670,7 +670,13 @@ impl RedisLockTree {
         self.block(async move {
             let args = shared.args(&[]);
             let v = shared
-                .eval(&shared.scripts.force_release, &target.keys, &args, None)
+                .eval(
+                    &shared.scripts.force_release,
+                    &target.keys,
+                    &args,
+                    None,
+                    true,
+                )
                 .await
                 .map_err(|e| e.error)?;
             redis::from_redis_value::<usize>(&v).map_err(backend)
@@ -718,7 +724,7 @@ impl Drop for Cleanup {
             self.shared.rt.handle.spawn(async move {
                 let args = shared.args(&[&id, "0"]);
                 let _ = shared
-                    .eval(&shared.scripts.release, &keys, &args, None)
+                    .eval(&shared.scripts.release, &keys, &args, None, true)
                     .await;
             });
         }
@@ -777,6 +783,7 @@ impl Shared {
         keys: &[String],
         args: &[String],
         limit: Option<Instant>,
+        idempotent: bool,
     ) -> Result<Value, CallError> {
         let mut inv = script.prepare_invoke();
         for k in keys {
@@ -787,7 +794,24 @@ impl Shared {
         }
         let mut con = self.conn.clone();
         let (budget, by_deadline) = self.budget(limit);
-        match tokio::time::timeout(budget, inv.invoke_async::<Value>(&mut con)).await {
+        // A script that may safely run twice is retried once after a dropped
+        // connection (the connection manager reconnects meanwhile), so a
+        // Redis restart costs a release or renewal no error.
+        let call = async {
+            match inv.invoke_async::<Value>(&mut con).await {
+                Err(e)
+                    if idempotent
+                        && (e.is_io_error()
+                            || e.is_connection_dropped()
+                            || e.is_connection_refusal()) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    inv.invoke_async::<Value>(&mut con).await
+                }
+                r => r,
+            }
+        };
+        match tokio::time::timeout(budget, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(CallError {
                 error: backend(e),
@@ -905,7 +929,7 @@ impl Shared {
                 &lease_ms,
             ]);
             let v = self
-                .eval(&self.scripts.acquire, &keys, &args, deadline)
+                .eval(&self.scripts.acquire, &keys, &args, deadline, false)
                 .await
                 .map_err(|e| cut(answered, e))?;
             answered = true;
@@ -974,7 +998,7 @@ impl Shared {
     async fn inspect(&self, target: Target) -> Result<RedisNodeInfo, Error> {
         let node = target.keys.last().cloned().into_iter().collect::<Vec<_>>();
         let v = self
-            .eval(&self.scripts.inspect, &node, &self.args(&[]), None)
+            .eval(&self.scripts.inspect, &node, &self.args(&[]), None, true)
             .await
             .map_err(|e| e.error)?;
         let bad = |why: &str| Error::Backend {

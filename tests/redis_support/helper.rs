@@ -75,7 +75,7 @@ fn stress(tree: &RedisLockTree, url: &str, ms: u64, threads: usize, seed: u64) -
                 let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
                 let oracle = redis::Script::new(lua::ORACLE);
                 let mut rng =
-                    Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t as u64 + 1) * 7919 | 1);
+                    Rng((seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((t as u64 + 1) * 7919)) | 1);
                 let mut seq = 0u64;
                 while Instant::now() < stop {
                     let r = rng.next();

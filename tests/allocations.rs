@@ -1,0 +1,87 @@
+//! Heap allocations on the lock path, counted with a global allocator:
+//! none for a path whose nodes exist, about one per node created.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hierlock::{LockTree, Mode};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator, only counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    f();
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
+// One test function: the counter is process-wide, so the measurements must
+// not run concurrently with other tests of this binary.
+#[test]
+fn allocations_on_the_lock_path() {
+    let tree = LockTree::new();
+    // Keep the nodes of the path alive with another holder.
+    let _keep = tree.lock("/db/users/page/keep", Mode::IS).unwrap();
+    for _ in 0..1000 {
+        drop(tree.lock("/db/users/page", Mode::IX).unwrap()); // warm up thread-locals
+    }
+    for (path, mode) in [
+        ("/db", Mode::IX),
+        ("/db/users/page", Mode::IX),
+        ("/db/users/page", Mode::S),
+        ("/db/users/page/keep", Mode::S),
+    ] {
+        let n = allocations_during(|| {
+            for _ in 0..10_000 {
+                drop(tree.lock(path, mode).unwrap());
+            }
+        });
+        assert_eq!(n, 0, "{path}: {n} allocations in 10000 lock+unlock");
+    }
+    // A failed try_lock allocates nothing either.
+    let n = allocations_during(|| {
+        for _ in 0..10_000 {
+            assert!(tree.try_lock("/db", Mode::X).is_err());
+        }
+    });
+    assert_eq!(n, 0, "failed try_lock: {n} allocations");
+
+    // A path whose leaf node must be created: about one allocation per new
+    // node (the node; its name is stored inline), plus the epoch
+    // collector's occasional bag of deferred frees.
+    let rounds = 10_000;
+    let n = allocations_during(|| {
+        for _ in 0..rounds {
+            drop(tree.lock("/db/users/page/new-row", Mode::X).unwrap());
+        }
+    });
+    assert!(
+        n <= rounds + rounds / 8,
+        "{n} allocations for {rounds} new nodes"
+    );
+    assert!(n >= rounds, "expected one allocation per new node, got {n}");
+}

@@ -259,6 +259,12 @@ struct Row {
     ops: [f64; 5],
 }
 
+/// The first three fields of /proc/loadavg, where there is one.
+fn loadavg() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -407,6 +413,7 @@ fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error:
                 .into_font()
                 .transform(FontTransform::Rotate90),
         )
+        .y_labels(12)
         .y_label_formatter(&|y| fmt_ops(*y))
         .y_desc("ops/s")
         .draw()?;
@@ -441,6 +448,7 @@ fn main() {
     let rounds = opts.rounds.max(1);
     let per_round = opts.duration / rounds as u32;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load_before = loadavg();
 
     println!("## Semantics check (each baseline, before it is measured)\n");
     let smoke_md = smoke();
@@ -491,6 +499,7 @@ fn main() {
         }
     }
 
+    let load_after = loadavg();
     let mut md = String::new();
     md.push_str("# hierlock vs the baselines\n\n");
     let _ = writeln!(
@@ -502,6 +511,14 @@ fn main() {
         format_args!("{:?}", opts.duration),
         rounds,
     );
+    if let (Some(before), Some(after)) = (&load_before, &load_after) {
+        let _ = writeln!(
+            md,
+            "Load average (1, 5, 15 min) before the run: {before}; after: {after}. \
+             Other work on the machine slows every column alike only roughly: \
+             re-run on a quiet machine before reading small differences.\n"
+        );
+    }
     md.push_str(
         "Each cell is lock+unlock operations per second, all threads together. \
          `×N` is hierlock's ops/s divided by that baseline's, measured in this same run: \

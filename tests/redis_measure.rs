@@ -1,0 +1,176 @@
+//! Measurements of the Redis backend against a local `redis-server`
+//! (ignored by default; run with
+//! `cargo test --release --features redis --test redis_measure -- --ignored --nocapture`).
+//!
+//! Prints: Redis commands per uncontended acquire + release at depths 1, 4
+//! and 8 (from `INFO commandstats`), next to the 2(d+1) commands of a
+//! one-key-per-ancestor design; server time per acquire and per release
+//! (`usec_per_call` of EVALSHA); acquisitions per second with 1 and 16
+//! concurrent clients; and the time from a release to the waiter's grant.
+#![cfg(feature = "redis")]
+
+mod redis_support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hierlock::Mode;
+use redis_support::RedisServer;
+
+/// `INFO commandstats` as command -> (calls, usec).
+fn commandstats(con: &mut redis::Connection) -> HashMap<String, (u64, u64)> {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    let mut out = HashMap::new();
+    for line in info.lines() {
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let (name, fields) = rest.split_once(':').unwrap();
+        let get = |k: &str| -> u64 {
+            fields
+                .split(',')
+                .find_map(|f| f.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        out.insert(name.to_owned(), (get("calls"), get("usec")));
+    }
+    out
+}
+
+fn reset(con: &mut redis::Connection) {
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(con)
+        .unwrap();
+}
+
+/// (client commands, commands run inside scripts, EVALSHA usec): client
+/// commands are everything but the measuring ones; Redis 7 also counts the
+/// commands a script runs, which are everything else.
+fn calls(s: &HashMap<String, (u64, u64)>) -> (u64, u64, u64) {
+    let (ev, us) = s.get("evalsha").copied().unwrap_or((0, 0));
+    let inner = s
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "info" | "config|resetstat" | "config" | "evalsha"
+            )
+        })
+        .map(|(_, (c, _))| c)
+        .sum();
+    (ev, inner, us)
+}
+
+fn path(depth: usize, i: usize) -> String {
+    let mut p = String::new();
+    for level in 0..depth - 1 {
+        p.push_str(&format!("/l{level}"));
+    }
+    p.push_str(&format!("/n{i}"));
+    p
+}
+
+#[test]
+#[ignore = "measurement; run explicitly"]
+fn measure() {
+    let srv = RedisServer::start();
+    let mut con = srv.conn();
+    let tree = srv.tree("m");
+    const N: usize = 500;
+    println!("| depth | client commands / acquire+release | one-key-per-ancestor design | commands inside the scripts | acquire usec_per_call | release usec_per_call |");
+    println!("|---|---|---|---|---|---|");
+    for depth in [1, 4, 8] {
+        // Warm up (script load).
+        tree.lock(path(depth, 0).as_str(), Mode::X)
+            .unwrap()
+            .unlock()
+            .unwrap();
+        reset(&mut con);
+        let guards: Vec<_> = (0..N)
+            .map(|i| tree.lock(path(depth, i).as_str(), Mode::X).unwrap())
+            .collect();
+        let acq = calls(&commandstats(&mut con));
+        reset(&mut con);
+        for g in guards {
+            g.unlock().unwrap();
+        }
+        let rel = calls(&commandstats(&mut con));
+        println!(
+            "| {depth} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
+            (acq.0 + rel.0) as f64 / N as f64,
+            2 * (depth + 1),
+            (acq.1 + rel.1) as f64 / N as f64,
+            acq.2 as f64 / acq.0.max(1) as f64,
+            rel.2 as f64 / rel.0.max(1) as f64,
+        );
+    }
+
+    // Baseline in the same run: PING round trips of one plain connection.
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_secs(1) {
+        redis::cmd("PING").query::<String>(&mut con).unwrap();
+        pings += 1;
+    }
+    println!(
+        "baseline: {:.0} PING/s on one connection",
+        pings as f64 / start.elapsed().as_secs_f64()
+    );
+
+    // Throughput: lock + unlock loops on disjoint nodes (depth 3).
+    for clients in [1usize, 16] {
+        let trees: Vec<_> = (0..clients).map(|_| srv.tree("t")).collect();
+        let dur = Duration::from_secs(2);
+        let start = Instant::now();
+        let total: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = trees
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    s.spawn(move || {
+                        let p = format!("/db/c{i}/row");
+                        let mut n = 0;
+                        while start.elapsed() < dur {
+                            t.lock(p.as_str(), Mode::X).unwrap().unlock().unwrap();
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        println!(
+            "acquisitions/s with {clients} clients: {:.0}",
+            total as f64 / start.elapsed().as_secs_f64()
+        );
+    }
+
+    // Hand-off latency: release -> waiter granted (same process, two clients).
+    let a = srv.tree("h");
+    let b = srv.tree("h");
+    let mut lat = Vec::new();
+    for _ in 0..50 {
+        let g = a.lock("/h", Mode::X).unwrap();
+        let bb = b.clone();
+        let w = std::thread::spawn(move || {
+            let g = bb.lock("/h", Mode::X).unwrap();
+            let at = Instant::now();
+            g.unlock().unwrap();
+            at
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        let t0 = Instant::now();
+        g.unlock().unwrap();
+        let at = w.join().unwrap();
+        lat.push(at.saturating_duration_since(t0));
+    }
+    lat.sort();
+    println!(
+        "release -> waiter granted: median {:?}, p90 {:?}",
+        lat[lat.len() / 2],
+        lat[lat.len() * 9 / 10]
+    );
+}

@@ -459,3 +459,45 @@ fn invalid_namespace_and_url() {
         Err(Error::Backend { .. })
     ));
 }
+
+#[test]
+fn wait_for_replicas_confirms_or_gives_the_lock_back() {
+    let primary = RedisServer::start();
+    let port = primary.port.to_string();
+    let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    let mut con = primary.conn();
+    let t0 = Instant::now();
+    loop {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut con)
+            .unwrap();
+        if info.contains("connected_slaves:1") && info.contains("state=online") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "replica did not sync: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let one = RedisLockTree::builder(primary.url())
+        .namespace("repl")
+        .wait_for_replicas(1, Duration::from_secs(2))
+        .build()
+        .unwrap();
+    one.lock("/a", Mode::X).unwrap().unlock().unwrap();
+    let two = RedisLockTree::builder(primary.url())
+        .namespace("repl")
+        .wait_for_replicas(2, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let e = two.lock("/a", Mode::X).unwrap_err();
+    assert!(
+        matches!(&e, Error::Backend { message } if message.contains("replicas")),
+        "{e:?}"
+    );
+    // The unconfirmed grant was given back.
+    std::thread::sleep(Duration::from_millis(100));
+    one.try_lock("/a", Mode::X).unwrap().unlock().unwrap();
+}

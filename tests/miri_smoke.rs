@@ -21,7 +21,7 @@ fn lock_unlock_and_conversions() {
     g.upgrade(Mode::IX).unwrap();
     assert_eq!(g.mode(), Mode::SIX);
     assert_eq!(
-        tree.try_lock("/db/users/1", Mode::IS).unwrap_err(),
+        tree.try_lock("/db/users/1", Mode::IX).unwrap_err(),
         Error::WouldBlock
     );
     g.downgrade(Mode::IS).unwrap();

@@ -215,7 +215,11 @@ fn root_matrix() {
     for held in MODES {
         for req in MODES {
             let g = tree.lock("/", held).unwrap();
-            assert_eq!(granted(&tree, "", req), compatible(held, req), "{held}/{req}");
+            assert_eq!(
+                granted(&tree, "", req),
+                compatible(held, req),
+                "{held}/{req}"
+            );
             drop(g);
         }
     }

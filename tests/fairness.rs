@@ -65,13 +65,23 @@ fn later_readers_queue_behind_a_waiting_writer() {
     // X: once the X waits, new readers must wait too.
     wait_until_queued(&tree, "/a", Mode::S);
     assert_eq!(tree.try_lock("/a", Mode::S).unwrap_err(), Error::WouldBlock);
-    assert_eq!(tree.try_lock("/a", Mode::IS).unwrap_err(), Error::WouldBlock);
-    assert_eq!(tree.try_lock("/a/b", Mode::S).unwrap_err(), Error::WouldBlock);
+    assert_eq!(
+        tree.try_lock("/a", Mode::IS).unwrap_err(),
+        Error::WouldBlock
+    );
+    assert_eq!(
+        tree.try_lock("/a/b", Mode::S).unwrap_err(),
+        Error::WouldBlock
+    );
     // Disjoint nodes are not affected.
     drop(tree.try_lock("/b", Mode::X).unwrap());
     let readers: Vec<_> = (0..3)
         .map(|i| {
-            let path = if i == 0 { "/a".into() } else { format!("/a/{i}") };
+            let path = if i == 0 {
+                "/a".into()
+            } else {
+                format!("/a/{i}")
+            };
             contender(&tree, &rec, path, Mode::S)
         })
         .collect();
@@ -99,8 +109,14 @@ fn later_writers_queue_behind_a_waiting_reader() {
     let w0 = tree.write("/a/0").unwrap();
     let reader = contender(&tree, &rec, "/a".into(), Mode::S);
     wait_until_queued(&tree, "/a", Mode::IX);
-    assert_eq!(tree.try_lock("/a/9", Mode::X).unwrap_err(), Error::WouldBlock);
-    assert_eq!(tree.try_lock("/a", Mode::IX).unwrap_err(), Error::WouldBlock);
+    assert_eq!(
+        tree.try_lock("/a/9", Mode::X).unwrap_err(),
+        Error::WouldBlock
+    );
+    assert_eq!(
+        tree.try_lock("/a", Mode::IX).unwrap_err(),
+        Error::WouldBlock
+    );
     let writers: Vec<_> = (1..4)
         .map(|i| contender(&tree, &rec, format!("/a/{i}"), Mode::X))
         .collect();

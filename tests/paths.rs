@@ -45,11 +45,10 @@ fn rejected_everywhere(tree: &Arc<LockTree>, bad: &str) {
         &show,
         "lock(String)",
     );
-    assert_invalid(
-        tree.lock(&bad.to_string(), Mode::S).unwrap_err(),
-        &show,
-        "lock(&String)",
-    );
+    let owned = bad.to_string();
+    #[allow(clippy::needless_borrows_for_generic_args)] // the &String form on purpose
+    let by_ref = tree.lock(&owned, Mode::S);
+    assert_invalid(by_ref.unwrap_err(), &show, "lock(&String)");
     assert_invalid(
         block_on(tree.lock_async(bad, Mode::S)).unwrap_err(),
         &show,

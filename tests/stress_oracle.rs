@@ -176,7 +176,11 @@ fn worker(tree: &LockTree, shadow: &Shadow, stats: &Stats, tid: usize, ids: &Ato
             let only_one = held.len() == 1;
             let i = rng.gen_range(0..held.len());
             let req = MODES[rng.gen_range(0..5)];
-            set_status(tid, &held, format_args!("upgrade #{} with {req}", held[i].id));
+            set_status(
+                tid,
+                &held,
+                format_args!("upgrade #{} with {req}", held[i].id),
+            );
             let h = &mut held[i];
             let before = h.guard.mode();
             let (how, r) = match rng.gen_range(0..3) {
@@ -290,7 +294,11 @@ fn no_incompatible_holders_ever_and_everything_released() {
         }
     }
     assert!(shadow.held.lock().unwrap().is_empty());
-    assert_eq!(tree.node_count(), 0, "nodes left after everything was released");
+    assert_eq!(
+        tree.node_count(),
+        0,
+        "nodes left after everything was released"
+    );
     drop(tree.try_lock("/", Mode::X).unwrap());
     let g = |a: &AtomicUsize| a.load(Ordering::Relaxed);
     eprintln!(
@@ -315,9 +323,15 @@ fn the_oracle_itself_knows_gray_and_the_hierarchy() {
     assert!(conflict(&p(&["a"]), Mode::S, &p(&["a"]), Mode::IX).is_some());
     assert!(conflict(&p(&["a"]), Mode::S, &p(&["a"]), Mode::S).is_none());
     // Ancestor / descendant.
-    assert_eq!(conflict(&p(&["a"]), Mode::S, &p(&["a", "x"]), Mode::X), Some(1));
+    assert_eq!(
+        conflict(&p(&["a"]), Mode::S, &p(&["a", "x"]), Mode::X),
+        Some(1)
+    );
     assert!(conflict(&p(&["a"]), Mode::S, &p(&["a", "x"]), Mode::S).is_none());
-    assert_eq!(conflict(&p(&[]), Mode::X, &p(&["b", "y", "1"]), Mode::IS), Some(0));
+    assert_eq!(
+        conflict(&p(&[]), Mode::X, &p(&["b", "y", "1"]), Mode::IS),
+        Some(0)
+    );
     // Siblings.
     assert!(conflict(&p(&["a", "x"]), Mode::X, &p(&["a", "y"]), Mode::X).is_none());
     assert!(conflict(&p(&["a"]), Mode::X, &p(&["b"]), Mode::X).is_none());

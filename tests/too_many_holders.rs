@@ -20,7 +20,10 @@ fn one_reader_too_many_is_refused_not_wrapped() {
     assert_eq!(tree.node_count(), 1);
 
     // One more, through every entry point: refused, never blocking.
-    assert_eq!(tree.try_lock("/a", Mode::S).unwrap_err(), Error::TooManyHolders);
+    assert_eq!(
+        tree.try_lock("/a", Mode::S).unwrap_err(),
+        Error::TooManyHolders
+    );
     assert_eq!(tree.lock("/a", Mode::S).unwrap_err(), Error::TooManyHolders);
     assert_eq!(tree.read("/a").unwrap_err(), Error::TooManyHolders);
     assert_eq!(
@@ -35,9 +38,18 @@ fn one_reader_too_many_is_refused_not_wrapped() {
 
     // Not a wrap: the node is still read-locked by all of them.
     assert_eq!(tree.try_lock("/a", Mode::X).unwrap_err(), Error::WouldBlock);
-    assert_eq!(tree.try_lock("/a", Mode::IX).unwrap_err(), Error::WouldBlock);
-    assert_eq!(tree.try_lock("/a", Mode::SIX).unwrap_err(), Error::WouldBlock);
-    assert_eq!(tree.try_lock("/a/b", Mode::X).unwrap_err(), Error::WouldBlock);
+    assert_eq!(
+        tree.try_lock("/a", Mode::IX).unwrap_err(),
+        Error::WouldBlock
+    );
+    assert_eq!(
+        tree.try_lock("/a", Mode::SIX).unwrap_err(),
+        Error::WouldBlock
+    );
+    assert_eq!(
+        tree.try_lock("/a/b", Mode::X).unwrap_err(),
+        Error::WouldBlock
+    );
     // Other counters are unaffected.
     drop(tree.try_lock("/a", Mode::IS).unwrap());
     drop(tree.try_lock("/a/b", Mode::S).unwrap());
@@ -54,7 +66,10 @@ fn one_reader_too_many_is_refused_not_wrapped() {
     // Releasing one lets exactly one more in.
     guards.pop();
     guards.push(tree.try_lock("/a", Mode::S).unwrap());
-    assert_eq!(tree.try_lock("/a", Mode::S).unwrap_err(), Error::TooManyHolders);
+    assert_eq!(
+        tree.try_lock("/a", Mode::S).unwrap_err(),
+        Error::TooManyHolders
+    );
 
     // The refused requests left nothing on the ancestors either.
     drop(guards);

@@ -105,5 +105,8 @@ pub fn watchdog<T: Send + 'static>(
 
 /// A path of `n` components "c0/c1/...".
 pub fn deep_path(n: usize) -> String {
-    (0..n).map(|i| format!("c{i}")).collect::<Vec<_>>().join("/")
+    (0..n)
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join("/")
 }

@@ -259,6 +259,26 @@ struct Row {
     ops: [f64; 5],
 }
 
+/// The checked-out commit (with "+changes" if the work tree differs), where
+/// `git` can tell.
+fn git_commit() -> Option<String> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "--short", "HEAD"])?;
+    let dirty = run(&["status", "--porcelain", "--", "src"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty {
+        format!("{commit} (+ uncommitted changes in src/)")
+    } else {
+        commit
+    })
+}
+
 /// The first three fields of /proc/loadavg, where there is one.
 fn loadavg() -> Option<String> {
     let s = std::fs::read_to_string("/proc/loadavg").ok()?;
@@ -511,6 +531,9 @@ fn main() {
         format_args!("{:?}", opts.duration),
         rounds,
     );
+    if let Some(commit) = git_commit() {
+        let _ = writeln!(md, "Engine at commit {commit}.\n");
+    }
     if let (Some(before), Some(after)) = (&load_before, &load_after) {
         let _ = writeln!(
             md,

@@ -8,8 +8,8 @@
 //! - an owner waiting on node N for mode M waits for every *other* owner
 //!   whose hold on N is incompatible with M, and
 //! - for every owner queued ahead of it on N whose request conflicts with M
-//!   (fairness makes it wait for those too; a conversion only waits for the
-//!   conversions ahead of it).
+//!   (fairness makes a new request wait for those too; a conversion waits
+//!   for holders only).
 //!
 //! If the walk comes back to the waiting owner, its request closed a cycle
 //! and is the victim: it is withdrawn and fails with `Error::Deadlock`,
@@ -120,10 +120,13 @@ fn blockers(owner: &OwnerShared, live: &HashMap<OwnerId, StdArc<OwnerShared>>) -
     // awaited by `owner`) when the edge was read.
     let queue = unsafe { edge.node.get() }.waiters();
     if let Some(pos) = queue.iter().position(|w| Arc::ptr_eq(w, &edge.waiter)) {
-        let converting = edge.waiter.is_conversion();
-        for w in &queue[..pos] {
-            if (!converting || w.is_conversion()) && !w.target.compatible(target) {
-                out.extend(w.owner.filter(|id| *id != owner.id));
+        // A conversion waits for holders only; a new request also for
+        // every conflicting request queued ahead of it.
+        if !edge.waiter.is_conversion() {
+            for w in &queue[..pos] {
+                if !w.target.compatible(target) {
+                    out.extend(w.owner.filter(|id| *id != owner.id));
+                }
             }
         }
     }

@@ -11,11 +11,15 @@
 //!   arrival order. A converter already holds the node, so letting it wait
 //!   behind newcomers would only lengthen everyone's wait.
 //! - **Admission.** A new plain request is granted at once only if it is
-//!   compatible with every holder *and* with every queued request; a new
-//!   conversion, with every holder but itself and with every queued
-//!   conversion. So once a conflicting request waits, later requests that
-//!   conflict with it queue behind it: a stream of readers cannot starve a
-//!   writer, nor a stream of writers a reader.
+//!   compatible with every holder *and* with every queued request. So once
+//!   a conflicting request waits, later requests that conflict with it queue
+//!   behind it: a stream of readers cannot starve a writer, nor a stream of
+//!   writers a reader. A conversion is granted as soon as it is compatible
+//!   with every *other holder*, whatever is queued: it adds no holder, and
+//!   making it wait behind another queued conversion can close a cycle
+//!   through requests elsewhere in the tree that no per-node check sees
+//!   (a converter queued behind a converter that waits for a holder that
+//!   waits, on another node, for the first converter).
 //! - **Hand-off.** A release that leaves `WAITING` set in the state word
 //!   takes the queue lock and walks the queue front to back, granting every
 //!   waiter that is compatible with the holders and with the waiters still
@@ -121,7 +125,9 @@ impl Node {
         let mut queue = self.queue.lock();
         let mut ahead = ModeSet::default();
         for w in queue.iter() {
-            if !w.watch && (from.is_none() || w.is_conversion()) {
+            // A conversion is admitted on the holders alone (see the
+            // module docs); a new request also on every queued request.
+            if !w.watch && from.is_none() {
                 ahead.insert(w.target);
             }
         }
@@ -139,13 +145,10 @@ impl Node {
         }
         if let Some(held) = from {
             // A queued converter `w` waits for us if our hold blocks its
-            // target; we would wait for it if its hold blocks our target or
-            // it is ahead of us with a conflicting target. Both: a cycle.
+            // target, and we would wait for it if its hold blocks ours.
+            // Both: a cycle.
             let cycle = queue.iter().any(|w| match w.from {
-                Some(w_held) => {
-                    !held.compatible(w.target)
-                        && (!w_held.compatible(to) || !w.target.compatible(to))
-                }
+                Some(w_held) => !held.compatible(w.target) && !w_held.compatible(to),
                 None => false,
             });
             if cycle {
@@ -258,8 +261,7 @@ impl Node {
     /// with the waiters still ahead of it. Clears `WAITING` if the queue
     /// empties. Call with the queue lock held.
     fn grant_waiters(&self, queue: &mut VecDeque<Arc<Waiter>>, woken: &mut Woken) {
-        let mut ahead_all = ModeSet::default();
-        let mut ahead_conversions = ModeSet::default();
+        let mut ahead = ModeSet::default();
         let mut i = 0;
         while i < queue.len() {
             let w = &queue[i];
@@ -270,20 +272,15 @@ impl Node {
                 woken.push(w);
                 continue;
             }
-            let ahead = if w.is_conversion() {
-                ahead_conversions
-            } else {
-                ahead_all
-            };
-            if ahead.compatible_with(w.target) && self.state.try_grant(w.from, w.target).is_ok() {
+            // Conversions go on the holders alone; new requests also wait
+            // for every request still queued ahead of them.
+            let admitted = w.is_conversion() || ahead.compatible_with(w.target);
+            if admitted && self.state.try_grant(w.from, w.target).is_ok() {
                 let w = queue.remove(i).expect("index in bounds");
                 w.set_granted();
                 woken.push(w);
             } else {
-                ahead_all.insert(w.target);
-                if w.is_conversion() {
-                    ahead_conversions.insert(w.target);
-                }
+                ahead.insert(w.target);
                 i += 1;
             }
         }

@@ -382,6 +382,38 @@ fn table(rows: &[Row]) -> String {
     md
 }
 
+/// Each implementation's throughput at t threads over its own at 1 thread,
+/// for the workloads run at several thread counts.
+fn scaling(rows: &[Row]) -> String {
+    let mut md = String::new();
+    let multi: Vec<&Row> = rows.iter().filter(|r| r.threads > 1).collect();
+    if multi.is_empty() {
+        return md;
+    }
+    md.push_str("\nScaling: ops/s at t threads ÷ the same implementation's ops/s at 1 thread.\n\n");
+    md.push_str("| workload | threads |");
+    for name in IMPLS {
+        let _ = write!(md, " {name} |");
+    }
+    md.push_str("\n|---|---:|");
+    md.push_str(&"---:|".repeat(IMPLS.len()));
+    md.push('\n');
+    for r in multi {
+        let Some(one) = rows
+            .iter()
+            .find(|o| o.threads == 1 && o.work.name() == r.work.name())
+        else {
+            continue;
+        };
+        let _ = write!(md, "| {} | {} |", r.work.name(), r.threads);
+        for (o, base) in r.ops.iter().zip(one.ops) {
+            let _ = write!(md, " {:.2}x |", o / base);
+        }
+        md.push('\n');
+    }
+    md
+}
+
 fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
 
@@ -392,11 +424,14 @@ fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error:
         RGBColor(50, 160, 80),
         RGBColor(220, 160, 40),
     ];
+    let n = rows.len();
+    // Row i is drawn in band n-1-i, so the first row is at the top.
     let labels: Vec<String> = rows
         .iter()
+        .rev()
         .map(|r| format!("{} [{}t]", r.work.name(), r.threads))
         .collect();
-    let max = rows.iter().flat_map(|r| r.ops).fold(1.0f64, f64::max) * 2.0;
+    let max = rows.iter().flat_map(|r| r.ops).fold(1.0f64, f64::max);
     let min = rows
         .iter()
         .flat_map(|r| r.ops)
@@ -404,46 +439,44 @@ fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error:
         .fold(f64::INFINITY, f64::min)
         .min(max / 10.0)
         / 2.0;
-    let n = rows.len();
-    let width = (160 + 70 * n).max(900) as u32;
-    let root = SVGBackend::new(path, (width, 720)).into_drawing_area();
+    // Room on the right for the legend.
+    let max = max * 12.0;
+    let height = (140 + 60 * n) as u32;
+    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut ch = ChartBuilder::on(&root)
         .caption(
-            "lock+unlock throughput, ops/s (log scale, higher is better)",
-            ("sans-serif", 22),
+            "lock+unlock throughput, ops/s of all threads (log scale, longer is better)",
+            ("sans-serif", 20),
         )
         .margin(15)
-        .x_label_area_size(230)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..n as f64, (min..max).log_scale())?;
+        .x_label_area_size(40)
+        .y_label_area_size(300)
+        .build_cartesian_2d((min..max).log_scale(), 0f64..n as f64)?;
     ch.configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 1e-6 && i < labels.len() {
+        .disable_y_mesh()
+        .y_labels(n * 2 + 1)
+        .y_label_formatter(&|y| {
+            let i = y.floor() as usize;
+            if (y - y.floor() - 0.5).abs() < 1e-6 && i < labels.len() {
                 labels[i].clone()
             } else {
                 String::new()
             }
         })
-        .x_label_style(
-            ("sans-serif", 12)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
-        .y_labels(12)
-        .y_label_formatter(&|y| fmt_ops(*y))
-        .y_desc("ops/s")
+        .y_label_style(("sans-serif", 13))
+        .x_labels(12)
+        .x_label_formatter(&|x| fmt_ops(*x))
+        .x_desc("ops/s")
         .draw()?;
     let bar = 0.8 / IMPLS.len() as f64;
     for (k, name) in IMPLS.iter().enumerate() {
         let color = colors[k];
         ch.draw_series(rows.iter().enumerate().map(|(i, r)| {
-            let x0 = i as f64 + 0.1 + k as f64 * bar;
+            // Within a band, hierlock on top.
+            let y1 = (n - 1 - i) as f64 + 0.9 - k as f64 * bar;
             Rectangle::new(
-                [(x0, min), (x0 + bar * 0.9, r.ops[k].max(min))],
+                [(min, y1 - bar * 0.9), (r.ops[k].max(min), y1)],
                 color.filled(),
             )
         }))?
@@ -452,7 +485,7 @@ fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error:
     }
     ch.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
+        .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()?;
     root.present()?;
@@ -555,6 +588,7 @@ fn main() {
         );
     }
     md.push_str(&table(&rows));
+    md.push_str(&scaling(&rows));
     md.push_str(
         "\nWorkloads: `uncontended X` holds IS on the parent for the run, so the \
          ancestors exist and the leaf is created and reclaimed by each op; `nodes exist` \

@@ -30,14 +30,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc as StdArc;
-use std::task::{Context, Poll, Wake as StdWake, Waker};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use parking_lot::Mutex as PlMutex;
 use smallvec::SmallVec;
 
+use crate::block::{deadline, wait_for};
 use crate::node::Acquire;
 use crate::park::Waiter;
 use crate::path::{IntoPath, ParsedPath, Path};
@@ -256,7 +256,7 @@ impl<'t> Owner<'t> {
     /// [`Error::Deadlock`] and the owner keeps what it held before.
     pub fn lock<'p>(&self, path: impl IntoPath<'p>, mode: Mode) -> Result<OwnerGuard<'t>, Error> {
         let path = self.tree.parse(path)?.into_owned();
-        block_on(self.request(path, mode, Patience::Wait), None).unwrap_or(Err(Error::Timeout))
+        wait_for(self.request(path, mode, Patience::Wait), None)
     }
 
     /// Like [`lock`](Self::lock), but [`Error::WouldBlock`] instead of
@@ -267,7 +267,7 @@ impl<'t> Owner<'t> {
         mode: Mode,
     ) -> Result<OwnerGuard<'t>, Error> {
         let path = self.tree.parse(path)?.into_owned();
-        block_on(self.request(path, mode, Patience::Never), None).unwrap_or(Err(Error::Timeout))
+        wait_for(self.request(path, mode, Patience::Never), None)
     }
 
     /// Like [`lock`](Self::lock), waiting at most `timeout` for the whole
@@ -280,8 +280,7 @@ impl<'t> Owner<'t> {
         timeout: Duration,
     ) -> Result<OwnerGuard<'t>, Error> {
         let path = self.tree.parse(path)?.into_owned();
-        let deadline = Instant::now().checked_add(timeout);
-        block_on(self.request(path, mode, Patience::Wait), deadline).unwrap_or(Err(Error::Timeout))
+        wait_for(self.request(path, mode, Patience::Wait), deadline(timeout))
     }
 
     /// Locks `path` in `mode` from async code, on any executor.
@@ -324,7 +323,7 @@ impl<'t> Owner<'t> {
         pairs: impl IntoIterator<Item = (P, Mode)>,
     ) -> Result<Vec<OwnerGuard<'t>>, Error> {
         let pairs = self.parse_all(pairs)?;
-        block_on(self.request_all(pairs, Patience::Wait), None).unwrap_or(Err(Error::Timeout))
+        wait_for(self.request_all(pairs, Patience::Wait), None)
     }
 
     /// Like [`lock_all`](Self::lock_all), waiting at most `timeout` in all.
@@ -334,8 +333,7 @@ impl<'t> Owner<'t> {
         timeout: Duration,
     ) -> Result<Vec<OwnerGuard<'t>>, Error> {
         let pairs = self.parse_all(pairs)?;
-        let deadline = Instant::now().checked_add(timeout);
-        block_on(self.request_all(pairs, Patience::Wait), deadline).unwrap_or(Err(Error::Timeout))
+        wait_for(self.request_all(pairs, Patience::Wait), deadline(timeout))
     }
 
     /// Like [`lock_all`](Self::lock_all), but [`Error::WouldBlock`] instead
@@ -345,7 +343,7 @@ impl<'t> Owner<'t> {
         pairs: impl IntoIterator<Item = (P, Mode)>,
     ) -> Result<Vec<OwnerGuard<'t>>, Error> {
         let pairs = self.parse_all(pairs)?;
-        block_on(self.request_all(pairs, Patience::Never), None).unwrap_or(Err(Error::Timeout))
+        wait_for(self.request_all(pairs, Patience::Never), None)
     }
 
     /// Releases every lock of this owner. Guards still alive become inert.
@@ -819,42 +817,6 @@ impl Drop for OwnerGuard<'_> {
         let mut state = self.owner.state.lock();
         if let Some(levels) = state.guards.remove(&self.id) {
             unhold_levels(self.tree, &pin, &mut state, &levels);
-        }
-    }
-}
-
-/// Wakes a parked thread.
-struct ThreadWaker(std::thread::Thread);
-
-impl StdWake for ThreadWaker {
-    fn wake(self: StdArc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &StdArc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Runs `fut` on the calling thread until it resolves or `deadline` passes
-/// (then drops it, which cancels it, and returns `None`).
-pub(crate) fn block_on<F: Future>(fut: F, deadline: Option<Instant>) -> Option<F::Output> {
-    let mut fut = pin!(fut);
-    let waker = Waker::from(StdArc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return Some(v);
-        }
-        match deadline {
-            None => std::thread::park(),
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return None;
-                }
-                std::thread::park_timeout(d - now);
-            }
         }
     }
 }

@@ -37,8 +37,7 @@ pub(crate) enum Wait {
 
 impl Wait {
     pub(crate) fn timeout(timeout: Duration) -> Wait {
-        // A timeout too large to represent waits forever.
-        Wait::Until(Instant::now().checked_add(timeout))
+        Wait::Until(crate::block::deadline(timeout))
     }
 
     pub(crate) fn may_wait(self) -> bool {

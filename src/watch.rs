@@ -18,9 +18,9 @@
 use std::future::Future;
 use std::pin::Pin as StdPin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::owner::block_on;
+use crate::block::{deadline, wait_for};
 use crate::park::Waiter;
 use crate::path::{IntoPath, ParsedPath};
 use crate::sync::Arc;
@@ -81,8 +81,7 @@ impl LockTree {
         mode: Mode,
         timeout: Duration,
     ) -> Result<(), Error> {
-        let deadline = Instant::now().checked_add(timeout);
-        block_on(self.acquirable(path, mode), deadline).unwrap_or(Err(Error::Timeout))
+        wait_for(self.acquirable(path, mode), deadline(timeout))
     }
 }
 

@@ -105,7 +105,7 @@ impl Op {
             4 | 5 => Op::Upgrade {
                 guard: b[1],
                 mode: b[2],
-                how: if b[3] % 2 == 0 {
+                how: if b[3] & 1 == 0 {
                     HowUp::Try
                 } else {
                     HowUp::TimeoutZero

@@ -51,17 +51,28 @@ fn check(p: &Path, sep: char) {
 
 fuzz_target!(|input: Input| {
     let sep = input.sep.unwrap_or('/');
-    match (Path::parse(input.text.as_str(), sep), reference(&input.text, sep)) {
+    match (
+        Path::parse(input.text.as_str(), sep),
+        reference(&input.text, sep),
+    ) {
         (Ok(p), Some(parts)) => {
-            assert_eq!(p.components().collect::<Vec<_>>(), parts, "{:?}", input.text);
+            assert_eq!(
+                p.components().collect::<Vec<_>>(),
+                parts,
+                "{:?}",
+                input.text
+            );
             check(&p, sep);
         }
         (Err(hierlock::Error::InvalidPath { .. }), None) => {}
-        (got, want) => panic!("{:?} with {sep:?}: parser {got:?}, reference {want:?}", input.text),
+        (got, want) => panic!(
+            "{:?} with {sep:?}: parser {got:?}, reference {want:?}",
+            input.text
+        ),
     }
     let comps: Vec<&str> = input.components.iter().map(String::as_str).collect();
-    let valid = comps.len() <= DEFAULT_MAX_DEPTH
-        && comps.iter().all(|c| !c.is_empty() && !c.contains(sep));
+    let valid =
+        comps.len() <= DEFAULT_MAX_DEPTH && comps.iter().all(|c| !c.is_empty() && !c.contains(sep));
     match Path::parse(comps.clone(), sep) {
         Ok(p) => {
             assert!(valid, "{comps:?} accepted");

@@ -472,6 +472,18 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_every_field() {
+        let w = StateWord::new();
+        assert!(w.try_acquire_fast(Mode::IS));
+        assert!(w.try_acquire_fast(Mode::IS));
+        assert!(w.try_acquire_fast(Mode::SIX));
+        assert_eq!(
+            format!("{:?}", w.load()),
+            "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, waiting: false, dead: false }"
+        );
+    }
+
+    #[test]
     fn mode_set() {
         let mut set = ModeSet::default();
         assert!(set.compatible_with(Mode::X));

@@ -91,3 +91,70 @@ fn a_waiting_request_may_not_pass_a_queued_conflicting_one() {
     drop(x);
     assert_eq!(tree.node_count(), 0);
 }
+
+/// Kills `replace && with || in Node::acquire_slow` (the conversion
+/// deadlock check): a converter that waits for another converter's hold,
+/// while its own hold does not block that converter, is not in a cycle and
+/// must wait, not get `Deadlock`.
+#[test]
+fn one_sided_conversion_wait_is_not_a_deadlock() {
+    use std::sync::Arc;
+    let tree = Arc::new(LockTree::new());
+    let third = tree.lock_owned("/a", Mode::IX).unwrap();
+    let mut first = tree.lock_owned("/a", Mode::IX).unwrap();
+    // IX -> SIX waits for the third holder's IX.
+    let t1 = std::thread::spawn(move || {
+        first.upgrade(Mode::S).unwrap();
+        assert_eq!(first.mode(), Mode::SIX);
+        first
+    });
+    while tree.inspect("/a").unwrap().waiting.is_empty() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // IS -> S waits for the first converter's IX; its IS does not block
+    // that converter's SIX, so there is no cycle.
+    let mut second = tree.lock_owned("/a", Mode::IS).unwrap();
+    let t2 = std::thread::spawn(move || {
+        let r = second.upgrade_timeout(Mode::S, Duration::from_secs(30));
+        (r, second)
+    });
+    while tree.inspect("/a").unwrap().waiting.len() < 2 && !t2.is_finished() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(third);
+    let first = t1.join().unwrap();
+    drop(first);
+    let (r, second) = t2.join().unwrap();
+    assert_eq!(r, Ok(()));
+    assert_eq!(second.mode(), Mode::S);
+}
+
+/// Kills `replace && with || in Node::finish_hand_off`: the root is never
+/// unlinked, even when a hand-off leaves it idle (here: a watcher woken by
+/// the last release of the root).
+#[test]
+fn the_root_survives_a_hand_off_that_leaves_it_idle() {
+    use std::sync::Arc;
+    let tree = Arc::new(LockTree::new());
+    let s = tree.lock("/", Mode::S).unwrap();
+    let t = {
+        let tree = tree.clone();
+        std::thread::spawn(move || tree.wait_acquirable("/", Mode::X, Duration::from_secs(30)))
+    };
+    std::thread::sleep(Duration::from_millis(20)); // let the watcher queue
+    drop(s);
+    assert_eq!(t.join().unwrap(), Ok(()));
+    // The root still works. A dead root would make every lock spin looking
+    // it up again, so check from another thread with a bound.
+    let (done, finished) = std::sync::mpsc::channel();
+    let checker = tree.clone();
+    std::thread::spawn(move || {
+        let root = checker.try_lock("/", Mode::X).is_ok();
+        let below = checker.try_lock("/a/b", Mode::X).is_ok();
+        let _ = done.send((root, below, checker.node_count()));
+    });
+    let outcome = finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("locking after the hand-off never returned: the root was unlinked");
+    assert_eq!(outcome, (true, true, 0));
+}

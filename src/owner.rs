@@ -469,7 +469,7 @@ impl<'t> Owner<'t> {
         patience: Patience,
     ) -> Result<(), Error> {
         let tree = self.tree;
-        let (node, waiter, from, target) = loop {
+        let (node, waiter, target) = loop {
             let pin = tree.table().pin();
             let node = tree.node(&pin, name);
             // SAFETY: pinned since the lookup.
@@ -508,7 +508,7 @@ impl<'t> Owner<'t> {
                 }
                 Ok(Acquire::Wait(waiter)) => {
                     hold.busy = true;
-                    break (node, waiter, from, target);
+                    break (node, waiter, target);
                 }
                 Err(e) => {
                     forget_if_empty(&mut state, node);
@@ -520,7 +520,6 @@ impl<'t> Owner<'t> {
             owner: self,
             node,
             waiter,
-            from,
             target,
             done: false,
         };
@@ -678,7 +677,6 @@ struct PendingWait<'o, 't> {
     owner: &'o Owner<'t>,
     node: NodeRef,
     waiter: Arc<Waiter>,
-    from: Option<Mode>,
     target: Mode,
     done: bool,
 }
@@ -733,7 +731,6 @@ impl Drop for PendingWait<'_, '_> {
             let hold = state.nodes.entry(self.node).or_default();
             hold.busy = false;
             hold.held = Some(self.target);
-            let _ = self.from;
             reconcile(tree, &pin, &mut state, self.node);
             forget_if_empty(&mut state, self.node);
         }

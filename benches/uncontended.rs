@@ -15,6 +15,7 @@
 //! ```text
 //! cargo bench --bench uncontended
 //! cargo bench --bench uncontended -- 'lock_unlock/warm'
+//! cargo bench --bench uncontended -- prepared
 //! ```
 
 // criterion_group! generates an undocumented pub fn.
@@ -85,6 +86,28 @@ fn bench_one(
     );
     drop(held);
     assert_eq!(tree.node_count(), 0);
+}
+
+/// Prepared handles (`LockTree::prepare`): lock+unlock with the nodes
+/// resolved and pinned once, against one bare `parking_lot::RwLock` write
+/// lock+unlock (the target: within 5x of it at depth 4).
+fn prepared(c: &mut Criterion) {
+    let mut g = c.benchmark_group("prepared");
+    let bare = parking_lot::RwLock::new(0u64);
+    g.bench_function("bare_rwlock_write", |b| {
+        b.iter(|| *black_box(&bare).write() += 1)
+    });
+    for depth in DEPTHS {
+        let tree = LockTree::new();
+        let p = tree.prepare(path(depth).as_str()).unwrap();
+        for mode in [Mode::IS, Mode::S, Mode::X] {
+            g.bench_function(
+                BenchmarkId::new(format!("{mode}"), format!("d{depth}")),
+                |b| b.iter(|| drop(black_box(p.lock(mode).unwrap()))),
+            );
+        }
+    }
+    g.finish();
 }
 
 /// A `try_lock` that fails: at the leaf (after taking every ancestor's
@@ -171,6 +194,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = lock_unlock, try_lock_fails, upgrade, live_nodes
+    targets = lock_unlock, prepared, try_lock_fails, upgrade, live_nodes
 }
 criterion_main!(benches);

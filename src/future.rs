@@ -17,6 +17,8 @@ use std::pin::Pin;
 use std::sync::Arc as StdArc;
 use std::task::{ready, Context, Poll};
 
+use smallvec::SmallVec;
+
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
 use crate::park::Waiter;
@@ -26,10 +28,29 @@ use crate::table::NodeRef;
 use crate::tree::LockTree;
 use crate::{Error, Mode};
 
+/// What a future locks.
+enum Target {
+    /// A path, looked up level by level.
+    Path(ParsedPath<'static>),
+    /// A prepared handle's pinned nodes, root first; the future borrows the
+    /// handle, so they stay pinned while it lives.
+    Nodes(SmallVec<[NodeRef; 8]>),
+}
+
+impl Target {
+    fn depth(&self) -> usize {
+        match self {
+            Target::Path(p) => p.depth,
+            Target::Nodes(n) => n.len() - 1,
+        }
+    }
+}
+
 struct RawLockFuture<T: Deref<Target = LockTree>> {
     tree: T,
-    /// The path, or the error parsing it gave (reported on first poll).
-    path: Result<ParsedPath<'static>, Error>,
+    /// What to lock, or the error parsing its path gave (reported on first
+    /// poll).
+    target: Result<Target, Error>,
     mode: Mode,
     held: Held,
     /// The next level to take (0 = root).
@@ -40,10 +61,10 @@ struct RawLockFuture<T: Deref<Target = LockTree>> {
 }
 
 impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
-    fn new(tree: T, path: Result<ParsedPath<'static>, Error>, mode: Mode) -> Self {
+    fn new(tree: T, target: Result<Target, Error>, mode: Mode) -> Self {
         RawLockFuture {
             tree,
-            path,
+            target,
             mode,
             held: Held::new(),
             level: 0,
@@ -54,8 +75,8 @@ impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
 
     fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Result<Held, Error>> {
         assert!(!self.done, "LockFuture polled after it resolved");
-        let path = match &self.path {
-            Ok(p) => p,
+        let target = match &self.target {
+            Ok(t) => t,
             Err(e) => {
                 self.done = true;
                 return Poll::Ready(Err(e.clone()));
@@ -68,20 +89,26 @@ impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
                 self.waiting = None;
                 self.level += 1;
             }
-            if self.level > path.depth {
+            if self.level > target.depth() {
                 self.done = true;
                 return Poll::Ready(Ok(std::mem::replace(&mut self.held, Held::new())));
             }
-            let name = (self.level > 0).then(|| path.prefix(self.level));
-            let m = if self.level == path.depth {
+            let m = if self.level == target.depth() {
                 self.mode
             } else {
                 self.mode.intention()
             };
             let pin = self.tree.table().pin();
             loop {
-                let node = self.tree.node(&pin, name);
-                // SAFETY: pinned since the lookup.
+                let node = match target {
+                    Target::Path(path) => {
+                        let name = (self.level > 0).then(|| path.prefix(self.level));
+                        self.tree.node(&pin, name)
+                    }
+                    Target::Nodes(nodes) => nodes[self.level],
+                };
+                // SAFETY: pinned since the lookup (or by the prepared
+                // handle this future borrows).
                 let n = unsafe { node.get() };
                 match n.acquire(None, m, true, Waiter::for_task) {
                     Ok(Acquire::Granted) => {
@@ -141,7 +168,13 @@ impl<'a> LockFuture<'a> {
         path: Result<ParsedPath<'static>, Error>,
         mode: Mode,
     ) -> Self {
-        LockFuture(RawLockFuture::new(tree, path, mode))
+        LockFuture(RawLockFuture::new(tree, path.map(Target::Path), mode))
+    }
+
+    /// A future over a prepared handle's nodes; `'a` must not outlive the
+    /// handle (its pins keep the nodes alive).
+    pub(crate) fn for_nodes(tree: &'a LockTree, nodes: SmallVec<[NodeRef; 8]>, mode: Mode) -> Self {
+        LockFuture(RawLockFuture::new(tree, Ok(Target::Nodes(nodes)), mode))
     }
 }
 
@@ -151,7 +184,7 @@ impl OwnedLockFuture {
         path: Result<ParsedPath<'static>, Error>,
         mode: Mode,
     ) -> Self {
-        OwnedLockFuture(RawLockFuture::new(tree, path, mode))
+        OwnedLockFuture(RawLockFuture::new(tree, path.map(Target::Path), mode))
     }
 }
 

@@ -79,6 +79,11 @@ impl Held {
         }
     }
 
+    /// The number of levels held.
+    pub(crate) fn len(&self) -> usize {
+        self.levels.len()
+    }
+
     pub(crate) fn push(&mut self, node: NodeRef, mode: Mode) {
         self.levels.push(Level::new(node, mode));
     }

@@ -51,6 +51,8 @@ pub struct NodeInfo {
     pub granted: Vec<Granted>,
     /// Queued requests, in the order they will be considered.
     pub waiting: Vec<Waiting>,
+    /// Prepared handles ([`Prepared`](crate::Prepared)) keeping the node.
+    pub prepared: u32,
 }
 
 /// Every live node's [`NodeInfo`], sorted by path.
@@ -89,6 +91,7 @@ impl LockTree {
                 path: Path::from_normalized(&path.text, path.sep),
                 granted: Vec::new(),
                 waiting: Vec::new(),
+                prepared: 0,
             },
         })
     }
@@ -151,6 +154,7 @@ impl LockTree {
             path: n.path.clone(),
             granted,
             waiting,
+            prepared: n.pins(),
         }
     }
 }

@@ -50,7 +50,7 @@ use smallvec::SmallVec;
 use crate::park::Waiter;
 use crate::path::Path;
 use crate::state::{ModeSet, Refusal, StateWord};
-use crate::sync::{Arc, Mutex};
+use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
 use crate::table::{Pin, Table};
 use crate::{Error, Mode};
 
@@ -78,6 +78,10 @@ pub(crate) struct Node {
     queue: Mutex<VecDeque<Arc<Waiter>>>,
     /// The node's name (its key in the table).
     pub(crate) path: Path,
+    /// Prepared handles keeping this node; changed only under the queue
+    /// lock (an atomic only so introspection can read it without the lock).
+    /// `PINNED` is set in the state word exactly while it is non-zero.
+    pins: AtomicU32,
     /// The root is never unlinked.
     is_root: bool,
 }
@@ -90,8 +94,48 @@ impl Node {
             state: StateWord::new(),
             queue: Mutex::new(VecDeque::new()),
             path,
+            pins: AtomicU32::new(0),
             is_root,
         }
+    }
+
+    /// Adds a prepared handle's pin. `Ok(false)`: the node is dead, look it
+    /// up again. While pinned the node is never marked dead, so its pointer
+    /// stays valid with no epoch pin.
+    pub(crate) fn pin(&self) -> Result<bool, Error> {
+        let _queue = self.queue.lock();
+        let pins = self.pins.load(Ordering::Relaxed);
+        if pins == u32::MAX {
+            return Err(Error::TooManyHolders);
+        }
+        if pins == 0 && !self.state.try_set_pinned() {
+            return Ok(false);
+        }
+        self.pins.store(pins + 1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Drops a prepared handle's pin, unlinking the node if it was the last
+    /// thing keeping it.
+    pub(crate) fn unpin(&self, table: &Table, pin: &Pin) {
+        let after = {
+            let _queue = self.queue.lock();
+            let pins = self.pins.load(Ordering::Relaxed);
+            debug_assert!(pins > 0, "unpinning an unpinned node");
+            self.pins.store(pins - 1, Ordering::Relaxed);
+            if pins != 1 {
+                return;
+            }
+            self.state.clear_pinned()
+        };
+        if after.is_idle() && !self.is_root {
+            table.unlink(pin, self);
+        }
+    }
+
+    /// The number of prepared handles keeping this node.
+    pub(crate) fn pins(&self) -> u32 {
+        self.pins.load(Ordering::Relaxed)
     }
 
     /// Requests `to` (converting from `from` when the caller already holds

@@ -153,6 +153,16 @@ pub struct ParsedPath<'a> {
 }
 
 impl<'a> ParsedPath<'a> {
+    /// A path already in normalized form (`text` valid for `sep`, with
+    /// `depth` components).
+    pub(crate) fn from_normalized(text: &'a str, depth: usize, sep: char) -> Self {
+        ParsedPath {
+            text: Cow::Borrowed(text),
+            depth,
+            sep,
+        }
+    }
+
     /// An owned copy, for futures that outlive the caller's string.
     pub(crate) fn into_owned(self) -> ParsedPath<'static> {
         ParsedPath {

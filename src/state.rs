@@ -4,11 +4,11 @@
 //! # Layout
 //!
 //! ```text
-//!  63 62 61   60      59  58   57 ........ 40  39 ........ 20  19 ......... 0
-//! +-----+----+-------+---+----+--------------+---------------+--------------+
-//! |  0  |DEAD|WAITING| X |SIX |   S count    |   IX count    |   IS count   |
-//! +-----+----+-------+---+----+--------------+---------------+--------------+
-//!         1     1      1   1      18 bits         20 bits         20 bits
+//!  63   62    61   60      59  58   57 ........ 40  39 ........ 20  19 ......... 0
+//! +---+------+----+-------+---+----+--------------+---------------+--------------+
+//! | 0 |PINNED|DEAD|WAITING| X |SIX |   S count    |   IX count    |   IS count   |
+//! +---+------+----+-------+---+----+--------------+---------------+--------------+
+//!        1     1     1      1   1      18 bits         20 bits         20 bits
 //! ```
 //!
 //! - `IS`/`IX`/`S` count the holders of each shared-ish mode. A count at its
@@ -26,6 +26,11 @@
 //!   reclaimed through the epoch. No CAS ever succeeds on a dead word except
 //!   through a path that checks `DEAD` first, so an acquirer that found a
 //!   stale pointer sees `DEAD`, and looks the node up again.
+//! - `PINNED` is set while at least one prepared handle
+//!   ([`Prepared`](crate::Prepared)) keeps the node; it conflicts with no
+//!   mode, but keeps the word non-zero, so the node is never marked dead and
+//!   its pointer stays valid without an epoch pin. It is set and cleared
+//!   only under the queue's lock, by the handle count's 0 <-> 1 transitions.
 //!
 //! Acquiring a compatible mode with no waiter is one CAS; releasing is one
 //! `fetch_sub` that looks at the queue only if the result has `WAITING`.
@@ -61,6 +66,9 @@ const X_BIT: u64 = 1 << 59;
 pub(crate) const WAITING: u64 = 1 << 60;
 /// Set once on an unheld, unawaited node about to be unlinked; never cleared.
 pub(crate) const DEAD: u64 = 1 << 61;
+/// Set while prepared handles keep the node; changed only under the queue
+/// lock. Conflicts with nothing; only keeps the node from being idle.
+pub(crate) const PINNED: u64 = 1 << 62;
 
 /// The largest count of IS or IX holders on one node.
 pub const MAX_INTENTION_HOLDERS: u64 = (1 << 20) - 1;
@@ -175,14 +183,15 @@ impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "State {{ IS: {}, IX: {}, S: {}, SIX: {}, X: {}, waiting: {}, dead: {} }}",
+            "State {{ IS: {}, IX: {}, S: {}, SIX: {}, X: {}, waiting: {}, dead: {}, pinned: {} }}",
             self.count(Mode::IS),
             self.count(Mode::IX),
             self.count(Mode::S),
             self.count(Mode::SIX),
             self.count(Mode::X),
             self.is_waiting(),
-            self.is_dead()
+            self.is_dead(),
+            self.0 & PINNED != 0
         )
     }
 }
@@ -370,6 +379,30 @@ impl StateWord {
         State(self.0.fetch_and(!WAITING, Ordering::AcqRel) & !WAITING)
     }
 
+    /// Sets `PINNED` unless the node is dead (then `false`). Call under the
+    /// queue lock, for the first handle.
+    pub(crate) fn try_set_pinned(&self) -> bool {
+        let mut s = self.0.load(Ordering::Relaxed);
+        loop {
+            if s & DEAD != 0 {
+                return false;
+            }
+            match self
+                .0
+                .compare_exchange_weak(s, s | PINNED, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Clears `PINNED` (the last handle went); returns the word after. Call
+    /// under the queue lock.
+    pub(crate) fn clear_pinned(&self) -> State {
+        State(self.0.fetch_and(!PINNED, Ordering::AcqRel) & !PINNED)
+    }
+
     /// Marks an idle node dead. Fails if anyone holds it, waits on it, or
     /// it is already dead.
     pub(crate) fn try_kill(&self) -> bool {
@@ -479,8 +512,27 @@ mod tests {
         assert!(w.try_acquire_fast(Mode::SIX));
         assert_eq!(
             format!("{:?}", w.load()),
-            "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, waiting: false, dead: false }"
+            "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, waiting: false, dead: false, pinned: false }"
         );
+        assert!(w.try_set_pinned());
+        assert!(format!("{:?}", w.load()).ends_with("pinned: true }"));
+    }
+
+    #[test]
+    fn pinned_conflicts_with_nothing_but_is_never_idle() {
+        let w = StateWord::new();
+        assert!(w.try_set_pinned());
+        assert!(!w.load().is_idle());
+        assert!(!w.try_kill(), "a pinned node must not die");
+        for m in Mode::ALL {
+            assert!(w.try_acquire_fast(m), "{m} refused on a pinned node");
+            // Releasing the only hold of a pinned node needs no follow-up.
+            assert!(w.try_release_shared(m));
+        }
+        assert_eq!(w.load().0, PINNED);
+        assert!(w.clear_pinned().is_idle());
+        assert!(w.try_kill());
+        assert!(!w.try_set_pinned(), "a dead node cannot be pinned");
     }
 
     #[test]

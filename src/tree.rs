@@ -313,6 +313,7 @@ impl LockTree {
     }
 
     /// The synchronous walk: every level of `path`, top-down.
+    #[inline]
     pub(crate) fn acquire(
         &self,
         path: &ParsedPath<'_>,
@@ -320,9 +321,27 @@ impl LockTree {
         wait: Wait,
     ) -> Result<Held, Error> {
         let mut held = Held::new();
+        self.acquire_below(&mut held, path, mode, wait)?;
+        Ok(held)
+    }
+
+    /// The walk from the first level `held` does not have yet (`held` has
+    /// the levels above it, root first, in `mode`'s intention) down to
+    /// `path`'s node. On error everything in `held` is released.
+    pub(crate) fn acquire_below(
+        &self,
+        held: &mut Held,
+        path: &ParsedPath<'_>,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<(), Error> {
         let mut pin = self.table.pin();
+        let start = held.len();
         let mut names = path.prefixes();
-        for level in 0..=path.depth {
+        for _ in 1..start {
+            names.next();
+        }
+        for level in start..=path.depth {
             let name = if level == 0 { None } else { names.next() };
             let m = if level == path.depth {
                 mode
@@ -341,13 +360,14 @@ impl LockTree {
                         self.table.evict(&pin, unsafe { node.get() });
                     }
                     Err(e) => {
+                        drop(pin);
                         held.release(self);
                         return Err(e);
                     }
                 }
             }
         }
-        Ok(held)
+        Ok(())
     }
 
     /// One request on one node, parking the thread if it must wait.
@@ -373,7 +393,7 @@ impl LockTree {
 
     /// Parks until `waiter` is granted or the deadline passes.
     #[cold]
-    fn park(
+    pub(crate) fn park(
         &self,
         pin: &mut Pin,
         n: &Node,

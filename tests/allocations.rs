@@ -84,4 +84,24 @@ fn allocations_on_the_lock_path() {
         "{n} allocations for {rounds} new nodes"
     );
     assert!(n >= rounds, "expected one allocation per new node, got {n}");
+
+    // Prepared handles: nothing at all when locking the handle's path, and
+    // only the new row's node for a child.
+    let page = tree.prepare("/db/users/page").unwrap();
+    let n = allocations_during(|| {
+        for _ in 0..10_000 {
+            drop(page.lock(Mode::IX).unwrap());
+            drop(page.lock_child("keep", Mode::IS).unwrap());
+        }
+    });
+    assert_eq!(n, 0, "prepared: {n} allocations in 20000 lock+unlock");
+    let n = allocations_during(|| {
+        for _ in 0..rounds {
+            drop(page.lock_child("new-row", Mode::X).unwrap());
+        }
+    });
+    assert!(
+        (rounds..=rounds + rounds / 8).contains(&n),
+        "prepared child: {n} allocations for {rounds} new nodes"
+    );
 }

@@ -1,5 +1,6 @@
-//! Randomised stress with an invariant oracle: 8 threads lock, try, time
-//! out, upgrade, downgrade and unlock on a small tree; every grant and
+//! Randomised stress with an invariant oracle: 8 threads lock (plainly,
+//! through per-operation and shared prepared handles, and as children of
+//! them), try, time out, upgrade, downgrade and unlock on a small tree; every grant and
 //! release is recorded in a shadow table, and no two holders whose modes
 //! conflict (on the node or, through intentions, on a common ancestor) may
 //! ever be recorded at once.
@@ -13,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{compatible, covers, intention, MODES};
-use hierlock::{Error, Guard, LockTree, Mode};
+use hierlock::{Error, Guard, LockTree, Mode, Prepared};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -135,7 +136,14 @@ struct Held<'t> {
     guard: Guard<'t>,
 }
 
-fn worker(tree: &LockTree, shadow: &Shadow, stats: &Stats, tid: usize, ids: &AtomicUsize) {
+fn worker(
+    tree: &LockTree,
+    tops: &[Prepared<'_>],
+    shadow: &Shadow,
+    stats: &Stats,
+    tid: usize,
+    ids: &AtomicUsize,
+) {
     let mut rng = StdRng::seed_from_u64(0x5EED_0000 + tid as u64);
     let mut held: Vec<Held<'_>> = Vec::new();
     let short = |rng: &mut StdRng| Duration::from_micros(rng.gen_range(0..2000));
@@ -146,8 +154,24 @@ fn worker(tree: &LockTree, shadow: &Shadow, stats: &Stats, tid: usize, ids: &Ato
             let path = random_path(&mut rng);
             let mode = MODES[rng.gen_range(0..5)];
             set_status(tid, &held, format_args!("acquire {mode} {}", show(&path)));
-            let (how, r) = match rng.gen_range(0..4) {
+            let (how, r) = match rng.gen_range(0..6) {
                 0 => ("try_lock", tree.try_lock(&path[..], mode)),
+                4 => {
+                    // A handle made for this request and dropped before
+                    // its guard: pins racing with other threads' last
+                    // releases and unpins.
+                    let p = tree.prepare(&path[..]).unwrap();
+                    let d = short(&mut rng);
+                    ("prepared lock_timeout", p.lock_timeout(mode, d))
+                }
+                5 if !path.is_empty() => {
+                    let top = &tops[["a", "b", "c"].iter().position(|&t| t == path[0]).unwrap()];
+                    let d = short(&mut rng);
+                    (
+                        "lock_child_timeout",
+                        top.lock_child_timeout(&path[1..], mode, d),
+                    )
+                }
                 1 if held.is_empty() => ("lock", tree.lock(&path[..], mode)),
                 2 if held.is_empty() => (
                     "lock_async",
@@ -266,12 +290,17 @@ fn no_incompatible_holders_ever_and_everything_released() {
     let (tx, rx) = std::sync::mpsc::channel();
     let runner = thread::spawn(move || {
         let ids = AtomicUsize::new(0);
+        let tops: Vec<Prepared<'_>> = ["a", "b", "c"]
+            .iter()
+            .map(|p| t.prepare(*p).unwrap())
+            .collect();
         thread::scope(|s| {
             for tid in 0..THREADS {
-                let (t, sh, st, ids) = (&*t, &*sh, &*st, &ids);
-                s.spawn(move || worker(t, sh, st, tid, ids));
+                let (t, tops, sh, st, ids) = (&*t, &tops[..], &*sh, &*st, &ids);
+                s.spawn(move || worker(t, tops, sh, st, tid, ids));
             }
         });
+        drop(tops);
         let _ = tx.send(());
     });
     match rx.recv_timeout(Duration::from_secs(60)) {

@@ -249,6 +249,40 @@ fn release_to_zero_racing_with_acquirer() {
     });
 }
 
+/// A prepared handle pins `/a` while the last release of `/a` brings its
+/// word to 0 (and marks it DEAD). The handle must end up pinning a live
+/// node that the table maps (the dead one is refused and looked up again),
+/// so its X excludes a plain X on `/a`; and when the handle and every guard
+/// are gone, the node is unlinked.
+///
+/// Catches: pinning a dead node (mutant `pin-dead-node`), an unpin that
+/// leaves an idle node in the table (mutant `unpin-never-unlinks`).
+#[test]
+fn prepare_racing_with_last_release() {
+    model(|| {
+        let tree = Arc::new(LockTree::new());
+        let res = Arc::new(Resource::new());
+        let g = tree.lock("/a", Mode::S).unwrap();
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let p = tree.prepare("/a").unwrap();
+                if let Ok(x) = p.try_lock(Mode::X) {
+                    res.write();
+                    drop(x);
+                }
+            })
+        };
+        drop(g);
+        if let Ok(x) = tree.try_lock("/a", Mode::X) {
+            res.write();
+            drop(x);
+        }
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
 /// A waker that counts its wake-ups.
 struct CountingWaker(StdAtomicUsize);
 

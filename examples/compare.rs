@@ -7,6 +7,10 @@
 //! cargo run --release --example compare -- --threads 1,2 --duration 500ms
 //! ```
 //!
+//! hierlock runs twice: plain `LockTree::lock` on every path, and with the
+//! workload's tables prepared once (`LockTree::prepare`, rows through
+//! `lock_child`), as an engine holding a handle per open table would.
+//!
 //! Baselines (see `compare/baselines.rs`, each checked against its claimed
 //! semantics before it is measured):
 //! - one global `parking_lot::RwLock<()>`: shared for IS/S, exclusive for
@@ -31,7 +35,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use baselines::{FlatDashMap, GlobalRwLock, Hierlock, HilokDesign, Locker, Semantics, Textbook};
+use baselines::{
+    FlatDashMap, GlobalRwLock, Hierlock, HierlockPrepared, HilokDesign, Locker, Semantics, Textbook,
+};
 use clap::Parser;
 use hierlock::Mode;
 
@@ -132,6 +138,16 @@ impl Work {
         }
     }
 
+    /// The paths a user would prepare once for this workload (its tables;
+    /// the fixed path of the uncontended ones).
+    fn prepared(self, threads: usize) -> Vec<String> {
+        match self {
+            Work::UncontendedX { depth: 1 } => vec!["/t".into()],
+            Work::UncontendedX { .. } | Work::UncontendedSWarm => vec!["/t/a/b/c".into()],
+            _ => self.warm(threads),
+        }
+    }
+
     /// Thread `i`'s program: the paths it picks from and how it picks.
     fn program(self, i: usize) -> Program {
         let rows = |prefix: &str| (0..ROWS).map(|r| format!("{prefix}/{r}")).collect();
@@ -188,7 +204,9 @@ impl Rng {
 
 /// Runs `work` on `threads` threads for `dur`; returns ops per second.
 fn run<L: Locker + Default>(work: Work, threads: usize, dur: Duration) -> f64 {
-    let locker = L::default();
+    let mut locker = L::default();
+    locker.prepare(&work.prepared(threads));
+    let locker = locker;
     let warm_paths = work.warm(threads);
     let warm: Vec<_> = warm_paths.iter().map(|p| locker.hold_warm(p)).collect();
     let programs: Vec<Program> = (0..threads).map(|i| work.program(i)).collect();
@@ -233,8 +251,9 @@ fn run<L: Locker + Default>(work: Work, threads: usize, dur: Duration) -> f64 {
 }
 
 /// The implementations, in table order.
-const IMPLS: [&str; 5] = [
+const IMPLS: [&str; 6] = [
     Hierlock::NAME,
+    HierlockPrepared::NAME,
     GlobalRwLock::NAME,
     Textbook::NAME,
     HilokDesign::NAME,
@@ -244,9 +263,10 @@ const IMPLS: [&str; 5] = [
 fn run_impl(idx: usize, work: Work, threads: usize, dur: Duration) -> f64 {
     match idx {
         0 => run::<Hierlock>(work, threads, dur),
-        1 => run::<GlobalRwLock>(work, threads, dur),
-        2 => run::<Textbook>(work, threads, dur),
-        3 => run::<HilokDesign>(work, threads, dur),
+        1 => run::<HierlockPrepared>(work, threads, dur),
+        2 => run::<GlobalRwLock>(work, threads, dur),
+        3 => run::<Textbook>(work, threads, dur),
+        4 => run::<HilokDesign>(work, threads, dur),
         _ => run::<FlatDashMap>(work, threads, dur),
     }
 }
@@ -256,7 +276,7 @@ struct Row {
     work: Work,
     threads: usize,
     /// Median ops/s per implementation, in `IMPLS` order.
-    ops: [f64; 5],
+    ops: [f64; 6],
 }
 
 /// The checked-out commit (with "+changes" if the work tree differs), where
@@ -317,6 +337,11 @@ fn smoke() -> String {
             baselines::smoke_check::<Hierlock>(),
         ),
         (
+            HierlockPrepared::NAME,
+            HierlockPrepared::SEMANTICS,
+            baselines::smoke_check::<HierlockPrepared>(),
+        ),
+        (
             GlobalRwLock::NAME,
             GlobalRwLock::SEMANTICS,
             baselines::smoke_check::<GlobalRwLock>(),
@@ -367,16 +392,20 @@ fn table(rows: &[Row]) -> String {
     for name in IMPLS {
         let _ = write!(md, " {name} |");
     }
+    md.push_str(" prepared ÷ textbook |");
     md.push_str("\n|---|---:|");
-    md.push_str(&"---:|".repeat(IMPLS.len()));
+    md.push_str(&"---:|".repeat(IMPLS.len() + 1));
     md.push('\n');
     for r in rows {
         let _ = write!(md, "| {} | {} |", r.work.name(), r.threads);
         let h = r.ops[0];
         let _ = write!(md, " {} |", fmt_ops(h));
-        for &o in &r.ops[1..] {
+        // The prepared column: its ops/s over plain hierlock's.
+        let _ = write!(md, " {} (÷{:.2}) |", fmt_ops(r.ops[1]), r.ops[1] / h);
+        for &o in &r.ops[2..] {
             let _ = write!(md, " {} (×{:.2}) |", fmt_ops(o), h / o);
         }
+        let _ = write!(md, " {:.2}x |", r.ops[1] / r.ops[3]);
         md.push('\n');
     }
     md
@@ -419,6 +448,7 @@ fn chart(rows: &[Row], path: &std::path::Path) -> Result<(), Box<dyn std::error:
 
     let colors = [
         RGBColor(200, 50, 50),
+        RGBColor(150, 30, 120),
         RGBColor(120, 120, 120),
         RGBColor(50, 90, 200),
         RGBColor(50, 160, 80),
@@ -529,7 +559,7 @@ fn main() {
             opts.threads.clone()
         };
         for t in threads {
-            let mut samples: [Vec<f64>; 5] = Default::default();
+            let mut samples: [Vec<f64>; 6] = Default::default();
             for _ in 0..rounds {
                 for (k, s) in samples.iter_mut().enumerate() {
                     s.push(run_impl(k, work, t, per_round));
@@ -578,7 +608,10 @@ fn main() {
     md.push_str(
         "Each cell is lock+unlock operations per second, all threads together. \
          `×N` is hierlock's ops/s divided by that baseline's, measured in this same run: \
-         above 1, hierlock is faster.\n\n",
+         above 1, hierlock is faster. `hierlock prepared` is the same engine with the \
+         workload's tables resolved once (`LockTree::prepare`, rows locked with \
+         `lock_child`); its `÷N` is its ops/s over plain hierlock's, and the last column \
+         its ops/s over the textbook manager's.\n\n",
     );
     if opts.threads.iter().any(|&t| t > cores) {
         let _ = writeln!(

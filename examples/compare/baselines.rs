@@ -55,6 +55,10 @@ pub trait Locker: Sync {
     fn hold_warm<'a>(&'a self, path: &'a str) -> Option<Self::Guard<'a>> {
         Some(self.lock(path, Mode::IS))
     }
+
+    /// Told, before the run, the paths the workload locks again and again
+    /// (its tables), for implementations that can resolve them once.
+    fn prepare(&mut self, _paths: &[String]) {}
 }
 
 /// The proper prefixes of `path` ("/a/b/c" gives "/a", "/a/b"), root excluded.
@@ -89,6 +93,67 @@ impl Locker for Hierlock {
 
     fn try_lock<'a>(&'a self, path: &'a str, mode: Mode) -> Option<Self::Guard<'a>> {
         self.0.try_lock(path, mode).ok()
+    }
+}
+
+/// hierlock with the workload's tables resolved once by
+/// `LockTree::prepare`, as an engine keeps one handle per open table: a
+/// path under a prepared one is locked through the handle's `lock_child`
+/// (only the levels below it are looked up), the table itself through the
+/// handle's `lock` (no lookup at all). Finding the handle is a scan of the
+/// few prepared prefixes, standing in for the engine's own table object.
+#[derive(Default)]
+pub struct HierlockPrepared {
+    tree: std::sync::Arc<LockTree>,
+    /// Longest prefix first.
+    handles: Vec<(String, hierlock::OwnedPrepared)>,
+}
+
+impl HierlockPrepared {
+    #[inline]
+    fn find<'a>(&'a self, path: &'a str) -> Option<(&'a hierlock::OwnedPrepared, &'a str)> {
+        self.handles.iter().find_map(|(p, h)| {
+            let rest = path.strip_prefix(p.as_str())?;
+            if rest.is_empty() {
+                Some((h, rest))
+            } else {
+                rest.strip_prefix('/').map(|r| (h, r))
+            }
+        })
+    }
+}
+
+impl Locker for HierlockPrepared {
+    type Guard<'a> = hierlock::Guard<'a>;
+    const NAME: &'static str = "hierlock prepared";
+    const SEMANTICS: Semantics = Semantics::Gray;
+
+    #[inline]
+    fn lock<'a>(&'a self, path: &'a str, mode: Mode) -> Self::Guard<'a> {
+        match self.find(path) {
+            Some((h, "")) => h.lock(mode),
+            Some((h, rest)) => h.lock_child(rest, mode),
+            None => self.tree.lock(path, mode),
+        }
+        .expect("valid path")
+    }
+
+    fn try_lock<'a>(&'a self, path: &'a str, mode: Mode) -> Option<Self::Guard<'a>> {
+        match self.find(path) {
+            Some((h, "")) => h.try_lock(mode),
+            Some((h, rest)) => h.try_lock_child(rest, mode),
+            None => self.tree.try_lock(path, mode),
+        }
+        .ok()
+    }
+
+    fn prepare(&mut self, paths: &[String]) {
+        for p in paths {
+            let h = self.tree.prepare_owned(p.as_str()).expect("valid path");
+            self.handles.push((p.clone(), h));
+        }
+        self.handles
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     }
 }
 
@@ -551,7 +616,8 @@ fn expected(sem: Semantics, c: &Claim) -> bool {
 pub fn smoke_check<L: Locker + Default>() -> Vec<(&'static str, bool)> {
     let mut out = Vec::new();
     for c in CLAIMS {
-        let l = L::default();
+        let mut l = L::default();
+        l.prepare(&["/a".to_owned()]);
         let held = l.lock(c.held.0, c.held.1);
         let got = l.try_lock(c.request.0, c.request.1).is_some();
         let want = expected(L::SEMANTICS, c);

@@ -61,6 +61,7 @@ mod deadlock;
 mod error;
 mod future;
 mod guard;
+mod idle;
 mod inspect;
 mod mode;
 mod node;
@@ -87,7 +88,7 @@ pub use owner::{Owner, OwnerGuard, OwnerId, Reentrancy};
 pub use path::{IntoPath, Path, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
 pub use prepared::{OwnedPrepared, Prepared};
 pub use state::{MAX_INTENTION_HOLDERS, MAX_SHARED_HOLDERS};
-pub use tree::{Builder, LockTree};
+pub use tree::{Builder, LockTree, DEFAULT_IDLE_NODES};
 pub use watch::Acquirable;
 
 /// The README's examples, compiled and run as doctests.

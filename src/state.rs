@@ -4,11 +4,11 @@
 //! # Layout
 //!
 //! ```text
-//!  63   62    61   60      59  58   57 ........ 40  39 ........ 20  19 ......... 0
-//! +---+------+----+-------+---+----+--------------+---------------+--------------+
-//! | 0 |PINNED|DEAD|WAITING| X |SIX |   S count    |   IX count    |   IS count   |
-//! +---+------+----+-------+---+----+--------------+---------------+--------------+
-//!        1     1     1      1   1      18 bits         20 bits         20 bits
+//!     63     62    61   60      59  58   57 ........ 40  39 ........ 20  19 ......... 0
+//! +------+------+----+-------+---+----+--------------+---------------+--------------+
+//! |CACHED|PINNED|DEAD|WAITING| X |SIX |   S count    |   IX count    |   IS count   |
+//! +------+------+----+-------+---+----+--------------+---------------+--------------+
+//!    1      1     1     1      1   1      18 bits         20 bits         20 bits
 //! ```
 //!
 //! - `IS`/`IX`/`S` count the holders of each shared-ish mode. A count at its
@@ -31,6 +31,11 @@
 //!   mode, but keeps the word non-zero, so the node is never marked dead and
 //!   its pointer stays valid without an epoch pin. It is set and cleared
 //!   only under the queue's lock, by the handle count's 0 <-> 1 transitions.
+//! - `CACHED` is set exactly while the node sits in the tree's idle-node
+//!   cache (see `idle.rs`): set by the CAS `0 -> CACHED` of whoever made the
+//!   node idle, cleared (or turned into `DEAD`) only by whoever pops it from
+//!   the cache. It conflicts with no mode; a cached node is reused by the
+//!   ordinary CAS of the next acquirer.
 //!
 //! Acquiring a compatible mode with no waiter is one CAS; releasing is one
 //! `fetch_sub` that looks at the queue only if the result has `WAITING`.
@@ -69,6 +74,11 @@ pub(crate) const DEAD: u64 = 1 << 61;
 /// Set while prepared handles keep the node; changed only under the queue
 /// lock. Conflicts with nothing; only keeps the node from being idle.
 pub(crate) const PINNED: u64 = 1 << 62;
+/// Set while the node is in the idle-node cache; changed only by whoever
+/// puts it there (from 0) or pops it. Conflicts with nothing.
+pub(crate) const CACHED: u64 = 1 << 63;
+/// Every holder bit: the counts and the SIX and X bits.
+const HOLDERS: u64 = IS_MASK | IX_MASK | S_MASK | SIX_BIT | X_BIT;
 
 /// The largest count of IS or IX holders on one node.
 pub const MAX_INTENTION_HOLDERS: u64 = (1 << 20) - 1;
@@ -148,6 +158,11 @@ impl State {
         self.0 & DEAD != 0
     }
 
+    /// In the idle cache with nobody holding, waiting or keeping it.
+    pub(crate) fn is_cached_idle(self) -> bool {
+        self.0 == CACHED
+    }
+
     /// No holder, no waiter, not dead: the node may be unlinked.
     pub(crate) fn is_idle(self) -> bool {
         self.0 == 0
@@ -183,7 +198,7 @@ impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "State {{ IS: {}, IX: {}, S: {}, SIX: {}, X: {}, waiting: {}, dead: {}, pinned: {} }}",
+            "State {{ IS: {}, IX: {}, S: {}, SIX: {}, X: {}, waiting: {}, dead: {}, pinned: {}, cached: {} }}",
             self.count(Mode::IS),
             self.count(Mode::IX),
             self.count(Mode::S),
@@ -191,7 +206,8 @@ impl std::fmt::Debug for State {
             self.count(Mode::X),
             self.is_waiting(),
             self.is_dead(),
-            self.0 & PINNED != 0
+            self.0 & PINNED != 0,
+            self.0 & CACHED != 0
         )
     }
 }
@@ -361,7 +377,9 @@ impl StateWord {
     pub(crate) fn try_set_waiting(&self) -> bool {
         let mut s = self.0.load(Ordering::Relaxed);
         loop {
-            if s == 0 || s & DEAD != 0 {
+            // No holder (whatever the PINNED and CACHED flags say): the
+            // release the watcher would wait for has already happened.
+            if s & HOLDERS == 0 || s & DEAD != 0 {
                 return false;
             }
             match self
@@ -401,6 +419,40 @@ impl StateWord {
     /// under the queue lock.
     pub(crate) fn clear_pinned(&self) -> State {
         State(self.0.fetch_and(!PINNED, Ordering::AcqRel) & !PINNED)
+    }
+
+    /// Marks an idle node as cached (`0 -> CACHED`). Fails if anyone holds
+    /// it, waits on it, or keeps it, or if it is cached or dead already.
+    pub(crate) fn try_cache(&self) -> bool {
+        self.0
+            .compare_exchange(0, CACHED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Settles a node just popped from the idle cache: kills it (`CACHED
+    /// -> DEAD`, `true`) if it is still idle, otherwise clears `CACHED`
+    /// (`false`) so that its last release caches it again.
+    pub(crate) fn uncache(&self) -> bool {
+        let mut s = self.0.load(Ordering::Relaxed);
+        loop {
+            debug_assert!(
+                s & CACHED != 0,
+                "uncaching a node not cached: {:?}",
+                State(s)
+            );
+            let (next, dead) = if s == CACHED {
+                (DEAD, true)
+            } else {
+                (s & !CACHED, false)
+            };
+            match self
+                .0
+                .compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return dead,
+                Err(now) => s = now,
+            }
+        }
     }
 
     /// Marks an idle node dead. Fails if anyone holds it, waits on it, or
@@ -512,10 +564,36 @@ mod tests {
         assert!(w.try_acquire_fast(Mode::SIX));
         assert_eq!(
             format!("{:?}", w.load()),
-            "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, waiting: false, dead: false, pinned: false }"
+            "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, waiting: false, dead: false, pinned: false, cached: false }"
         );
         assert!(w.try_set_pinned());
-        assert!(format!("{:?}", w.load()).ends_with("pinned: true }"));
+        assert!(format!("{:?}", w.load()).ends_with("pinned: true, cached: false }"));
+        let c = StateWord::new();
+        assert!(c.try_cache());
+        assert!(format!("{:?}", c.load()).ends_with("pinned: false, cached: true }"));
+    }
+
+    #[test]
+    fn cached_nodes_are_reused_and_die_only_when_idle() {
+        let w = StateWord::new();
+        assert!(w.try_cache());
+        assert!(!w.try_cache(), "cached twice");
+        assert!(!w.try_kill(), "a cached node dies only through uncache");
+        assert!(!w.load().is_idle());
+        // Reused while cached: every mode, and a release needs no follow-up.
+        for m in Mode::ALL {
+            assert!(w.try_acquire_fast(m));
+            assert!(w.try_release_shared(m));
+        }
+        assert!(w.try_acquire_fast(Mode::X));
+        // Popped while in use: the bit goes, the holder stays.
+        assert!(!w.uncache());
+        assert_eq!(w.load().count(Mode::X), 1);
+        assert!(w.release(Mode::X).is_idle());
+        assert!(w.try_cache());
+        assert!(w.uncache(), "popped while idle: dead");
+        assert!(w.load().is_dead());
+        assert!(!w.try_acquire_fast(Mode::IS));
     }
 
     #[test]

@@ -15,8 +15,12 @@
 //!    a node with a holder or a waiter has a non-zero state word and is
 //!    never reclaimed.
 //! 3. Whoever brings the word to 0 (last release, last waiter leaving)
-//!    calls [`Table::unlink`]: the CAS `0 -> DEAD` marks it dead forever,
-//!    then the entry is removed *if it still points to this node*.
+//!    calls [`Table::unlink`]. With the idle-node cache on (the default;
+//!    see `idle.rs`) the node is parked there and only the cache's eviction
+//!    takes the next step, for the oldest node of a full shard; with it off,
+//!    at once: the CAS `0 -> DEAD` (from the cache: `CACHED -> DEAD`) marks
+//!    it dead forever, then the entry is removed *if it still points to this
+//!    node*.
 //! 4. An acquirer that found the node before step 3 fails its CAS on `DEAD`,
 //!    calls [`Table::evict`] itself (in case it won the race to the map),
 //!    and looks the path up again, finding a fresh node.
@@ -44,6 +48,7 @@
 
 use std::ptr::NonNull;
 
+use crate::idle::IdleCache;
 use crate::node::Node;
 use crate::path::Path;
 
@@ -82,7 +87,8 @@ impl NodeRef {
     /// # Safety
     ///
     /// The caller must be pinned since it obtained this `NodeRef` from the
-    /// table, or hold or wait on the node (see the type's docs), for all of
+    /// table, or hold or wait on the node (see the type's docs), or have
+    /// popped it from the idle cache and not settled it yet, for all of
     /// `'a`.
     #[inline]
     pub(crate) unsafe fn get<'a>(self) -> &'a Node {
@@ -150,14 +156,16 @@ mod imp {
     /// The node map.
     pub(crate) struct Table {
         map: DashMap<NodeKey, (), foldhash::fast::RandomState>,
+        pub(super) idle: IdleCache,
     }
 
     impl Table {
-        pub(crate) fn new() -> Self {
+        pub(crate) fn new(idle_capacity: usize) -> Self {
             // More shards than dashmap's default (4 x cores) so unrelated
             // paths rarely share a shard lock's cache line.
             Table {
                 map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+                idle: IdleCache::new(idle_capacity),
             }
         }
 
@@ -271,13 +279,15 @@ mod imp {
     pub(crate) struct Table {
         map: Mutex<HashMap<Box<str>, NodeRef>>,
         graveyard: Mutex<Vec<NodeRef>>,
+        pub(super) idle: IdleCache,
     }
 
     impl Table {
-        pub(crate) fn new() -> Self {
+        pub(crate) fn new(idle_capacity: usize) -> Self {
             Table {
                 map: Mutex::new(HashMap::new()),
                 graveyard: Mutex::new(Vec::new()),
+                idle: IdleCache::new(idle_capacity),
             }
         }
 
@@ -335,10 +345,43 @@ mod imp {
 pub(crate) use imp::{Pin, Table};
 
 impl Table {
-    /// Marks `node` dead if it is idle, and removes it from the map.
+    /// Retires `node` if it is idle: into the idle cache (evicting the
+    /// oldest node of a full shard), or, with the cache off, marks it dead
+    /// and removes it from the map.
     pub(crate) fn unlink(&self, pin: &Pin, node: &Node) {
-        if node.state.try_kill() {
-            self.evict(pin, node);
+        if !self.idle.enabled() {
+            if node.state.try_kill() {
+                self.evict(pin, node);
+            }
+            return;
         }
+        if !node.state.try_cache() {
+            return;
+        }
+        if let Some(out) = self.idle.push(NodeRef::from_ref(node)) {
+            self.settle(pin, out);
+        }
+    }
+
+    /// Settles a node popped from the idle cache.
+    fn settle(&self, pin: &Pin, popped: NodeRef) {
+        // SAFETY: popped from the cache and not settled yet: only the
+        // popper kills a cached node, so it is alive.
+        let n = unsafe { popped.get() };
+        if IdleCache::evict(n) {
+            self.evict(pin, n);
+        }
+    }
+
+    /// Empties the idle cache, freeing every cached node nobody uses.
+    pub(crate) fn purge_idle(&self, pin: &Pin) {
+        for n in self.idle.drain() {
+            self.settle(pin, n);
+        }
+    }
+
+    /// The cached nodes that are idle right now, and all cached nodes.
+    pub(crate) fn idle_counts(&self) -> (usize, usize) {
+        self.idle.count_idle()
     }
 }

@@ -1,5 +1,6 @@
 //! Heap allocations on the lock path, counted with a global allocator:
-//! none for a path whose nodes exist, about one per node created.
+//! none for a path whose nodes exist or were released recently (the idle
+//! cache), about one per node created.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,13 +71,25 @@ fn allocations_on_the_lock_path() {
     });
     assert_eq!(n, 0, "failed try_lock: {n} allocations");
 
-    // A path whose leaf node must be created: about one allocation per new
-    // node (the node; its name is stored inline), plus the epoch
-    // collector's occasional bag of deferred frees.
+    // A leaf released and locked again: its node is kept in the idle
+    // cache (on by default), so nothing is allocated after the first time.
     let rounds = 10_000;
+    drop(tree.lock("/db/users/page/new-row", Mode::X).unwrap());
     let n = allocations_during(|| {
         for _ in 0..rounds {
             drop(tree.lock("/db/users/page/new-row", Mode::X).unwrap());
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations re-locking a recently released path");
+
+    // With the cache off, a path whose leaf node must be created costs
+    // about one allocation per new node (the node; its name is stored
+    // inline), plus the epoch collector's occasional bag of deferred frees.
+    let cold = LockTree::builder().idle_nodes(0).build();
+    let _keep_cold = cold.lock("/db/users/page/keep", Mode::IS).unwrap();
+    let n = allocations_during(|| {
+        for _ in 0..rounds {
+            drop(cold.lock("/db/users/page/new-row", Mode::X).unwrap());
         }
     });
     assert!(
@@ -95,13 +108,14 @@ fn allocations_on_the_lock_path() {
         }
     });
     assert_eq!(n, 0, "prepared: {n} allocations in 20000 lock+unlock");
+    let cold_page = cold.prepare("/db/users/page").unwrap();
     let n = allocations_during(|| {
         for _ in 0..rounds {
-            drop(page.lock_child("new-row", Mode::X).unwrap());
+            drop(cold_page.lock_child("new-row", Mode::X).unwrap());
         }
     });
     assert!(
         (rounds..=rounds + rounds / 8).contains(&n),
-        "prepared child: {n} allocations for {rounds} new nodes"
+        "prepared child, cache off: {n} allocations for {rounds} new nodes"
     );
 }

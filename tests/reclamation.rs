@@ -1,6 +1,8 @@
 //! Node reclamation: `node_count()` is back to 0 once nothing is held or
 //! awaited — after churn from several threads on overlapping paths, and
-//! after waiters that kept nodes alive have given up.
+//! after waiters that kept nodes alive have given up. The churn runs with
+//! the idle-node cache off (every idle node freed at once), tiny (16 slots:
+//! evictions race with reuse all the time) and at its default size.
 
 mod common;
 
@@ -20,11 +22,44 @@ fn random_path(rng: &mut impl Rng) -> String {
         .join("/")
 }
 
+/// A tree with an idle cache of `idle` nodes (`None`: the default).
+fn tree_with_cache(idle: Option<usize>) -> Arc<LockTree> {
+    Arc::new(match idle {
+        Some(n) => LockTree::builder().idle_nodes(n).build(),
+        None => LockTree::new(),
+    })
+}
+
+/// After the churn: nothing live, every cached node idle, and the cache
+/// empties on demand.
+fn check_after_churn(tree: &LockTree) {
+    assert_eq!(tree.node_count(), 0);
+    drop(tree.try_lock("/", Mode::X).unwrap());
+    assert_eq!(tree.node_count(), 0);
+    tree.purge_idle();
+    assert_eq!(tree.idle_node_count(), 0);
+    assert_eq!(tree.node_count(), 0);
+    assert!(format!("{tree:?}").contains("idle_node_count: 0"));
+}
+
 #[test]
 fn churn_on_overlapping_random_paths_reclaims_every_node() {
+    churn(tree_with_cache(Some(0)));
+}
+
+#[test]
+fn churn_with_a_tiny_idle_cache() {
+    churn(tree_with_cache(Some(16)));
+}
+
+#[test]
+fn churn_with_the_default_idle_cache() {
+    churn(tree_with_cache(None));
+}
+
+fn churn(tree: Arc<LockTree>) {
     const THREADS: usize = 4;
     const OPS: usize = 5000;
-    let tree = Arc::new(LockTree::new());
     let t = tree.clone();
     watchdog(Duration::from_secs(60), "churn", move || {
         let hs: Vec<_> = (0..THREADS)
@@ -70,14 +105,20 @@ fn churn_on_overlapping_random_paths_reclaims_every_node() {
             .collect();
         hs.into_iter().for_each(|h| h.join().unwrap());
     });
-    assert_eq!(tree.node_count(), 0);
-    drop(tree.try_lock("/", Mode::X).unwrap());
-    assert_eq!(tree.node_count(), 0);
+    check_after_churn(&tree);
 }
 
 #[test]
 fn churn_with_async_cancellation_reclaims_every_node() {
-    let tree = Arc::new(LockTree::new());
+    async_churn(tree_with_cache(Some(0)));
+}
+
+#[test]
+fn churn_with_async_cancellation_and_a_tiny_idle_cache() {
+    async_churn(tree_with_cache(Some(16)));
+}
+
+fn async_churn(tree: Arc<LockTree>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_time()
@@ -112,7 +153,7 @@ fn churn_with_async_cancellation_reclaims_every_node() {
                 .unwrap();
         }
     });
-    assert_eq!(tree.node_count(), 0);
+    check_after_churn(&tree);
 }
 
 #[test]

@@ -283,7 +283,23 @@ fn worker(
 
 #[test]
 fn no_incompatible_holders_ever_and_everything_released() {
-    let tree = Arc::new(LockTree::new());
+    stress(Arc::new(LockTree::new()));
+}
+
+/// The same with an idle-node cache of 16 slots (one per shard): nodes are
+/// evicted, killed and recreated while other threads reuse them.
+#[test]
+fn the_same_with_a_tiny_idle_cache() {
+    stress(Arc::new(LockTree::builder().idle_nodes(16).build()));
+}
+
+/// The same with the cache off: every idle node is unlinked at once.
+#[test]
+fn the_same_with_no_idle_cache() {
+    stress(Arc::new(LockTree::builder().idle_nodes(0).build()));
+}
+
+fn stress(tree: Arc<LockTree>) {
     let shadow = Arc::new(Shadow::default());
     let stats = Arc::new(Stats::default());
     let (t, sh, st) = (tree.clone(), shadow.clone(), stats.clone());

@@ -73,6 +73,13 @@ impl Resource {
     }
 }
 
+/// The tree every model uses: the idle-node cache off, so a node that goes
+/// idle is marked DEAD and unlinked at once (the race most models are
+/// about). `idle_cache_eviction_racing_with_reuse` turns it on.
+fn tree() -> LockTree {
+    LockTree::builder().idle_nodes(0).build()
+}
+
 /// Runs `f` under loom (preemption bound `LOOM_MAX_PREEMPTIONS`, 2 if
 /// unset) and prints how many interleavings were explored.
 fn model(f: impl Fn() + Sync + Send + 'static) {
@@ -103,7 +110,7 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 #[test]
 fn conflicting_modes_on_one_node_never_both_granted() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let res = Arc::new(Resource::new());
         let t = {
             let (tree, res) = (tree.clone(), res.clone());
@@ -126,7 +133,7 @@ fn conflicting_modes_on_one_node_never_both_granted() {
 /// intention mode on the ancestor) until the first is released.
 fn ancestor_descendant(first: &'static str, second: &'static str) {
     model(move || {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let res = Arc::new(Resource::new());
         let g = tree.lock(first, Mode::X).unwrap();
         let t = {
@@ -171,7 +178,7 @@ fn x_on_descendant_excludes_x_on_ancestor() {
 #[test]
 fn s_and_s_both_granted() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let t = {
             let tree = tree.clone();
             thread::spawn(move || {
@@ -198,7 +205,7 @@ fn s_and_s_both_granted() {
 #[test]
 fn release_racing_with_sleeping_waiter_wakes_it() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let res = Arc::new(Resource::new());
         let g = tree.lock("/a", Mode::X).unwrap();
         let t = {
@@ -227,7 +234,7 @@ fn release_racing_with_sleeping_waiter_wakes_it() {
 #[test]
 fn release_to_zero_racing_with_acquirer() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let res = Arc::new(Resource::new());
         let g = tree.lock("/a", Mode::S).unwrap();
         let t = {
@@ -260,7 +267,7 @@ fn release_to_zero_racing_with_acquirer() {
 #[test]
 fn prepare_racing_with_last_release() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let res = Arc::new(Resource::new());
         let g = tree.lock("/a", Mode::S).unwrap();
         let t = {
@@ -283,6 +290,41 @@ fn prepare_racing_with_last_release() {
     });
 }
 
+/// With a one-slot idle cache: `/a` is cached when released; a reader
+/// reuses it while the main thread caches `/b`, which pushes `/a` out of
+/// the cache. The eviction must kill `/a` only if nobody uses it (otherwise
+/// just take it out of the cache), so the reader and a later writer of `/a`
+/// never meet, and in the end no node is live and the cache empties.
+///
+/// Catches: an eviction that kills a node in use (mutant
+/// `uncache-kills-in-use`).
+#[test]
+fn idle_cache_eviction_racing_with_reuse() {
+    model(|| {
+        let tree = Arc::new(LockTree::builder().idle_nodes(1).build());
+        let res = Arc::new(Resource::new());
+        drop(tree.lock("/a", Mode::X).unwrap());
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                if let Ok(g) = tree.try_lock("/a", Mode::S) {
+                    res.read();
+                    drop(g);
+                }
+            })
+        };
+        drop(tree.lock("/b", Mode::X).unwrap());
+        if let Ok(x) = tree.try_lock("/a", Mode::X) {
+            res.write();
+            drop(x);
+        }
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+        tree.purge_idle();
+        assert_eq!(tree.idle_node_count(), 0);
+    });
+}
+
 /// A waker that counts its wake-ups.
 struct CountingWaker(StdAtomicUsize);
 
@@ -302,7 +344,7 @@ impl Wake for CountingWaker {
 #[test]
 fn dropped_future_racing_with_grant() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let held = tree.lock_owned("/a", Mode::X).unwrap();
         let counter = Arc::new(CountingWaker(StdAtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
@@ -331,7 +373,7 @@ fn dropped_future_racing_with_grant() {
 #[test]
 fn two_upgraders_exactly_one_deadlock() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let mut g1 = tree.lock_owned("/a", Mode::S).unwrap();
         let mut g2 = tree.lock_owned("/a", Mode::S).unwrap();
         let t = thread::spawn(move || {
@@ -367,7 +409,7 @@ fn two_upgraders_exactly_one_deadlock() {
 #[test]
 fn waiting_x_blocks_later_is() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let g = tree.lock("/a", Mode::S).unwrap();
         let t = {
             let tree = tree.clone();
@@ -397,7 +439,7 @@ fn waiting_x_blocks_later_is() {
 #[test]
 fn dropped_future_lets_the_queue_behind_it_go() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let held = tree.lock("/a", Mode::S).unwrap();
         let mut cx = Context::from_waker(Waker::noop());
         let mut fut = Box::pin(tree.lock_async("/a", Mode::X));
@@ -424,7 +466,7 @@ fn dropped_future_lets_the_queue_behind_it_go() {
 #[test]
 fn release_wakes_every_compatible_waiter() {
     model(|| {
-        let tree = Arc::new(LockTree::new());
+        let tree = Arc::new(tree());
         let res = Arc::new(Resource::new());
         let both_in = Arc::new(AtomicUsize::new(0));
         let g = tree.lock("/a", Mode::X).unwrap();

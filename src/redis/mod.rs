@@ -130,10 +130,12 @@
 //! # Waiting
 //!
 //! A request that may wait first subscribes to the channels of every level
-//! of its path on the tree's one subscriber connection (a RESP3 connection
-//! per [`RedisLockTree`], not per process), waits for the server's
-//! confirmation, and only then tries; so a release after the try is always
-//! heard. A failed try registers the request as a waiter on every level with
+//! of its path on the process's subscriber connection, waits for the
+//! server's confirmation, and only then tries; so a release after the try is
+//! always heard. There is one subscriber connection (RESP3) per process and
+//! server: every [`RedisLockTree`] of the process built with the same
+//! address and credentials shares it, whatever its namespace or database
+//! (channel names carry the namespace; pub/sub ignores the database). A failed try registers the request as a waiter on every level with
 //! a ticket from the namespace counter (earlier waiters have smaller
 //! tickets) and a waiter lease (the tree's lease; refreshed by every retry).
 //! The waiter then sleeps until a message on one of its channels, the
@@ -146,9 +148,12 @@
 //! lease if the process died first). If the subscriber connection drops,
 //! every waiter is woken, re-subscribes on a new connection and tries again.
 //!
-//! All Redis I/O runs on one background thread per [`RedisLockTree`]
-//! (a current-thread tokio runtime); the blocking methods hand their work to
-//! it, and [`RedisLockTree::lock_async`] awaits it from any executor.
+//! All Redis I/O of a [`RedisLockTree`] runs on one background thread per
+//! tree (a current-thread tokio runtime) with its own command connection;
+//! the blocking methods hand their work to it, and
+//! [`RedisLockTree::lock_async`] awaits it from any executor. The shared
+//! subscriber connection lives on one more thread of its own, which ends
+//! with the last tree that uses it.
 //!
 //! # Failure behaviour
 //!
@@ -302,7 +307,8 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
 }
 
-/// The background thread that runs every Redis operation of one tree.
+/// A background thread running a current-thread tokio runtime: one per tree
+/// (every Redis operation of the tree), one per [`Subscriber`].
 struct Runtime {
     handle: tokio::runtime::Handle,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -310,7 +316,7 @@ struct Runtime {
 }
 
 impl Runtime {
-    fn start() -> Result<Runtime, Error> {
+    fn start(name: &str) -> Result<Runtime, Error> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -320,7 +326,7 @@ impl Runtime {
         let handle = rt.handle().clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
-            .name("hierlock-redis".into())
+            .name(name.into())
             .spawn(move || {
                 rt.block_on(async {
                     let _ = rx.await;
@@ -470,7 +476,13 @@ impl RedisLockTreeBuilder {
         let mut info3 = info;
         info3.redis.protocol = ProtocolVersion::RESP3;
         let sub_client = redis::Client::open(info3).map_err(backend)?;
-        let rt = Runtime::start()?;
+        let sub_key = format!(
+            "{}|{:?}|{:?}",
+            sub_client.get_connection_info().addr,
+            sub_client.get_connection_info().redis.username,
+            sub_client.get_connection_info().redis.password
+        );
+        let rt = Runtime::start("hierlock-redis")?;
         let op_timeout = self.op_timeout;
         let connect = async move {
             let config = ConnectionManagerConfig::new()
@@ -502,7 +514,7 @@ impl RedisLockTreeBuilder {
                 rt,
                 conn,
                 scripts: Scripts::new(),
-                sub: Arc::new(Subscriber::new(sub_client, op_timeout)),
+                sub: Subscriber::shared(sub_key, vec![sub_client], op_timeout)?,
                 node_prefix: format!("{{{ns}}}:n:"),
                 chan_prefix: format!("{{{ns}}}:c:"),
                 token_key: format!("{{{ns}}}:token"),
@@ -884,27 +896,8 @@ impl Shared {
                 e.error
             }
         };
-        let mut reg = None;
-        if !matches!(wait, Wait::Try) {
-            let (budget, by_deadline) = self.budget(deadline);
-            match tokio::time::timeout(budget, self.sub.register(self.channels(&target))).await {
-                Ok(r) => reg = Some(r?),
-                Err(_) => {
-                    return Err(cut(
-                        answered,
-                        CallError {
-                            error: Error::Backend {
-                                message: format!(
-                                    "redis did not answer SUBSCRIBE within {budget:?}"
-                                ),
-                            },
-                            by_deadline,
-                        },
-                    ))
-                }
-            }
-            answered = true;
-        }
+        let mut reg =
+            (!matches!(wait, Wait::Try)).then(|| self.sub.register(self.channels(&target)));
         let mut keys = Vec::with_capacity(target.keys.len() + 1);
         keys.push(self.token_key.clone());
         keys.extend(target.keys.iter().cloned());
@@ -916,7 +909,10 @@ impl Shared {
             if let Some(r) = reg.as_mut() {
                 let (budget, by_deadline) = self.budget(deadline);
                 match tokio::time::timeout(budget, r.ensure()).await {
-                    Ok(r) => r?,
+                    Ok(r) => {
+                        r?;
+                        answered = true;
+                    }
                     Err(_) => {
                         return Err(cut(
                             answered,

@@ -1,7 +1,19 @@
-//! The one pub/sub connection of a [`RedisLockTree`](super::RedisLockTree)
-//! and the waiters listening on it.
+//! The process's pub/sub connection to one Redis (or one Redis Cluster) and
+//! the waiters listening on it.
+//!
+//! Every [`RedisLockTree`](super::RedisLockTree) of the process that talks
+//! to the same server shares one [`Subscriber`], found in a process-wide
+//! registry keyed by the server's address and credentials (not the
+//! database: pub/sub channels are global to a server, and the channel
+//! names carry the namespace). The registry holds `Weak` references; the
+//! trees hold the `Arc`s, so the subscriber, its connection and its
+//! runtime go away with the last tree that uses them.
 //!
 //! Implementation details:
+//! - The subscriber owns a small runtime (one thread). Its connection is
+//!   created on that runtime, so the connection's driver task lives as long
+//!   as the subscriber, whichever tree created it and whichever tree's
+//!   runtime is awaiting a subscription.
 //! - The connection is a RESP3 multiplexed connection whose push messages
 //!   are delivered to a closure ([`on_push`]), which wakes the waiters of the
 //!   message's channel through their [`Notify`] (a permit is stored if the
@@ -15,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -24,7 +36,10 @@ use tokio::sync::Notify;
 
 use crate::Error;
 
-use super::backend;
+use super::{backend, stopped, Runtime};
+
+/// The subscribers of the process by server (see [`Subscriber::shared`]).
+static REGISTRY: LazyLock<Mutex<HashMap<String, Weak<Subscriber>>>> = LazyLock::new(Mutex::default);
 
 /// Waiters by channel; touched by the push closure and by registrations.
 #[derive(Default)]
@@ -47,8 +62,12 @@ struct Conn {
 }
 
 pub(super) struct Subscriber {
-    client: redis::Client,
+    /// The servers to connect to, tried in order (one for a plain Redis,
+    /// the seed nodes of a cluster: any node hears every PUBLISH).
+    clients: Vec<redis::Client>,
     op_timeout: Duration,
+    /// Where the connection lives.
+    rt: Runtime,
     waiters: Arc<Mutex<Waiters>>,
     conn: tokio::sync::Mutex<Conn>,
 }
@@ -89,22 +108,35 @@ fn on_push(waiters: &Mutex<Waiters>, alive: &AtomicBool, info: PushInfo) {
 }
 
 impl Subscriber {
-    pub(super) fn new(client: redis::Client, op_timeout: Duration) -> Subscriber {
-        Subscriber {
-            client,
+    /// The process's subscriber for the server identified by `key`, created
+    /// (not yet connected) with `clients` and `op_timeout` if there is none.
+    /// A subscriber created by an earlier tree keeps that tree's operation
+    /// timeout for connecting and subscribing; every caller also bounds the
+    /// wait with its own budget.
+    pub(super) fn shared(
+        key: String,
+        clients: Vec<redis::Client>,
+        op_timeout: Duration,
+    ) -> Result<Arc<Subscriber>, Error> {
+        let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sub) = reg.get(&key).and_then(Weak::upgrade) {
+            return Ok(sub);
+        }
+        reg.retain(|_, w| w.strong_count() > 0);
+        let sub = Arc::new(Subscriber {
+            clients,
             op_timeout,
+            rt: Runtime::start("hierlock-redis-sub")?,
             waiters: Arc::default(),
             conn: tokio::sync::Mutex::default(),
-        }
+        });
+        reg.insert(key, Arc::downgrade(&sub));
+        Ok(sub)
     }
 
-    /// Registers a waiter on `channels` and subscribes to them; returns once
-    /// the server has confirmed the subscription, so any PUBLISH after this
-    /// reaches the waiter.
-    pub(super) async fn register(
-        self: &Arc<Self>,
-        channels: Vec<String>,
-    ) -> Result<Registration, Error> {
+    /// Registers a waiter on `channels`; [`Registration::ensure`] then
+    /// subscribes to them.
+    pub(super) fn register(self: &Arc<Self>, channels: Vec<String>) -> Registration {
         let notify = Arc::new(Notify::new());
         let key = {
             let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,15 +151,13 @@ impl Subscriber {
             }
             key
         };
-        let mut reg = Registration {
+        Registration {
             sub: self.clone(),
             key,
             channels,
             notify,
             generation: 0,
-        };
-        reg.ensure().await?;
-        Ok(reg)
+        }
     }
 
     async fn connect(&self, c: &mut Conn) -> Result<(), Error> {
@@ -140,19 +170,29 @@ impl Subscriber {
                 on_push(&waiters, &flag, info);
                 Ok::<(), std::convert::Infallible>(())
             });
-        let con = tokio::time::timeout(
-            self.op_timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| Error::Backend {
-            message: format!(
-                "could not connect the pub/sub connection within {:?}",
-                self.op_timeout
-            ),
-        })?
-        .map_err(backend)?;
+        let (clients, op_timeout) = (self.clients.clone(), self.op_timeout);
+        // Created on the subscriber's runtime, where its driver task then runs.
+        let connect = self.rt.handle.spawn(async move {
+            let mut last = None;
+            for client in &clients {
+                let fut = client.get_multiplexed_async_connection_with_config(&config);
+                match tokio::time::timeout(op_timeout, fut).await {
+                    Ok(Ok(con)) => return Ok(con),
+                    Ok(Err(e)) => last = Some(backend(e)),
+                    Err(_) => {
+                        last = Some(Error::Backend {
+                            message: format!(
+                                "could not connect the pub/sub connection within {op_timeout:?}"
+                            ),
+                        })
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| Error::Backend {
+                message: "no redis server to connect the pub/sub connection to".into(),
+            }))
+        });
+        let con = connect.await.map_err(|_| stopped())??;
         c.con = Some(con);
         c.alive = alive;
         c.generation += 1;
@@ -230,9 +270,7 @@ impl Drop for Registration {
             std::mem::take(&mut self.channels),
             self.generation,
         );
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+        let handle = self.sub.rt.handle.clone();
         handle.spawn(async move {
             let mut c = sub.conn.lock().await;
             if c.generation != generation {

@@ -25,6 +25,7 @@ cargo test
 if [ "${SKIP_REDIS:-0}" != 1 ]; then
   step "tests (Redis backend, real redis-server)"
   command -v redis-server >/dev/null || { echo "redis-server not on PATH (apt-get install redis-server)"; exit 1; }
+  cargo test --features redis --lib redis::
   cargo test --features redis --test redis_locks --test redis_processes --test redis_connections
 fi
 

@@ -1,5 +1,7 @@
 //! The Redis backend's connections against a real `redis-server`: one
-//! pub/sub connection per process and server, shared by every tree.
+//! pub/sub connection per process and server, shared by every tree; waiters
+//! that live through killed connections (`CLIENT KILL`) and a restart; an
+//! acquire retried on a fresh connection after its connection dropped.
 #![cfg(feature = "redis")]
 
 mod redis_support;
@@ -98,4 +100,147 @@ fn one_subscriber_connection_per_process_and_server() {
     assert_eq!(clients(&srv, "pubsub").len(), 1);
     g.unlock().unwrap();
     w.join().unwrap().unwrap().unlock().unwrap();
+}
+
+/// `CLIENT KILL TYPE <kind>` (never the connection that sends it); returns
+/// how many were killed.
+fn kill_clients(srv: &RedisServer, kind: &str) -> usize {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg(kind)
+        .query(&mut srv.conn())
+        .unwrap()
+}
+
+/// A holder and a waiter (another tree) on `/r`; `disturb` runs while the
+/// waiter waits; then the holder releases and the waiter must get the lock.
+/// The leases are long, so only a release message heard on a (re-made)
+/// subscription can wake the waiter before its deadline.
+fn waiter_survives(ns: &str, disturb: impl FnOnce(&RedisServer)) {
+    let srv = RedisServer::start();
+    let lease = Duration::from_secs(60);
+    let holder = srv.tree_lease(ns, lease);
+    let waiter = srv.tree_lease(ns, lease);
+    let g = holder.lock("/r", Mode::X).unwrap();
+    let w = waiter.clone();
+    let t = std::thread::spawn(move || w.lock_timeout("/r/c", Mode::S, Duration::from_secs(15)));
+    eventually(Duration::from_secs(10), "the waiter registered", || {
+        holder.inspect("/r").unwrap().waiters.len() == 1
+    });
+    disturb(&srv);
+    let old = g.token();
+    g.unlock().unwrap();
+    let got = t.join().unwrap().expect("the waiter gets the lock");
+    assert!(got.token() > old);
+    got.unlock().unwrap();
+    assert!(holder.inspect("/r").unwrap().waiters.is_empty());
+}
+
+#[test]
+fn waiter_gets_the_lock_after_its_command_connections_were_killed() {
+    waiter_survives("kill-normal", |srv| {
+        // The holder's and the waiter's command connections.
+        assert!(kill_clients(srv, "normal") >= 2);
+    });
+}
+
+#[test]
+fn waiter_gets_the_lock_after_the_pubsub_connection_was_killed() {
+    waiter_survives("kill-pubsub", |srv| {
+        assert_eq!(kill_clients(srv, "pubsub"), 1);
+        // It comes back, subscribed again, before the release is sent.
+        eventually(Duration::from_secs(10), "re-subscribed", || {
+            clients(srv, "pubsub").len() == 1
+        });
+    });
+}
+
+#[test]
+fn waiter_gets_the_lock_after_every_connection_was_killed() {
+    waiter_survives("kill-all", |srv| {
+        assert_eq!(kill_clients(srv, "pubsub"), 1);
+        assert!(kill_clients(srv, "normal") >= 2);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_waiter_gets_the_lock_after_the_pubsub_connection_was_killed() {
+    let srv = RedisServer::start();
+    let lease = Duration::from_secs(60);
+    let holder = srv.tree_lease("kill-async", lease);
+    let waiter = srv.tree_lease("kill-async", lease);
+    let g = holder.lock_async("/r", Mode::X).await.unwrap();
+    let w = tokio::spawn(waiter.lock_async("/r", Mode::X));
+    let mut con = srv.conn();
+    let h = holder.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually(Duration::from_secs(10), "the waiter registered", || {
+            h.inspect("/r").unwrap().waiters.len() == 1
+        });
+    })
+    .await
+    .unwrap();
+    let killed: usize = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(killed, 1);
+    drop(g);
+    let got = tokio::time::timeout(Duration::from_secs(15), w)
+        .await
+        .expect("woken within the deadline")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.mode(), Mode::X);
+}
+
+#[test]
+fn an_acquire_is_retried_once_after_a_dropped_connection() {
+    let srv = RedisServer::start();
+    let tree = srv.tree("retry");
+    tree.lock("/a", Mode::X).unwrap().unlock().unwrap();
+    // The tree's command connection dies between two requests: the next
+    // request fails on it and is sent again on a fresh connection.
+    for _ in 0..3 {
+        assert!(kill_clients(&srv, "normal") >= 1);
+        let g = tree
+            .try_lock("/a/b", Mode::X)
+            .expect("retried on a fresh connection");
+        assert!(kill_clients(&srv, "normal") >= 1);
+        g.unlock().expect("the release is retried too");
+        assert!(kill_clients(&srv, "normal") >= 1);
+        tree.lock_timeout("/a", Mode::S, Duration::from_secs(5))
+            .unwrap()
+            .unlock()
+            .unwrap();
+    }
+    // Nothing is left behind (no double grant by a retried script).
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("{retry}:n:*")
+        .query(&mut srv.conn())
+        .unwrap();
+    assert!(keys.is_empty(), "{keys:?}");
+}
+
+#[test]
+fn waiter_gets_the_lock_after_a_redis_restart() {
+    let mut srv = RedisServer::start();
+    let lease = Duration::from_secs(60);
+    let holder = srv.tree_lease("restart-wait", lease);
+    let waiter = srv.tree_lease("restart-wait", lease);
+    let g = holder.lock("/r", Mode::X).unwrap();
+    let w = waiter.clone();
+    let t = std::thread::spawn(move || w.lock_timeout("/r", Mode::X, Duration::from_secs(15)));
+    eventually(Duration::from_secs(10), "the waiter registered", || {
+        holder.inspect("/r").unwrap().waiters.len() == 1
+    });
+    // The restart forgets the hold: the waiter, woken by the lost
+    // connection, re-subscribes on the new server and is granted.
+    srv.restart();
+    let got = t.join().unwrap().expect("the waiter gets the lock");
+    assert_eq!(g.unlock().unwrap_err(), hierlock::Error::LeaseLost);
+    got.unlock().unwrap();
 }

@@ -76,7 +76,11 @@
 //!   hold on every level (one `HSET` each). Otherwise nothing is held; a
 //!   waiting request registers (or refreshes) a waiter entry on every level
 //!   with its ticket, and the script returns when the earliest conflicting
-//!   entry's lease ends, so the client knows when to re-check.
+//!   entry's lease ends, so the client knows when to re-check. It is
+//!   idempotent per request id (the node's `HMGET` also reads the request's
+//!   own `h:`/`w:` fields): sent again after a lost answer, it returns the
+//!   hold it already granted (same token, the lease left) instead of
+//!   granting twice, and a waiter keeps its ticket.
 //! - **release**: removes the hold's entries bottom to top, fixes the
 //!   counters, and `PUBLISH`es on a level's channel only if a waiter there
 //!   conflicts with the mode given up. It reports whether the hold was still
@@ -145,8 +149,10 @@
 //! it, so a waiting X is not starved by a stream of readers. On timeout,
 //! error, or a dropped [`RedisLockTree::lock_async`] future, the waiter
 //! entries are removed by a release script (and would expire with their
-//! lease if the process died first). If the subscriber connection drops,
-//! every waiter is woken, re-subscribes on a new connection and tries again.
+//! lease if the process died first). If the subscriber connection drops
+//! (killed, or a Redis restart), every waiter is woken, re-subscribes on a
+//! new connection and tries again; if the command connection drops, the
+//! next script call fails on it and is sent again on a fresh one.
 //!
 //! All Redis I/O of a [`RedisLockTree`] runs on one background thread per
 //! tree (a current-thread tokio runtime) with its own command connection;
@@ -159,12 +165,21 @@
 //!
 //! - Unreachable Redis: [`RedisLockTree::builder`]'s `build` and every call
 //!   return [`Error::Backend`] within the operation timeout
-//!   ([`RedisLockTreeBuilder::op_timeout`], default 2 s) or the caller's own
-//!   timeout, whichever is shorter; a Redis that answered earlier and stops
+//!   ([`RedisLockTreeBuilder::op_timeout`], default 2 s; a waiting request
+//!   that keeps retrying a lost connection, within twice that at worst) or
+//!   the caller's own timeout, whichever is shorter; a Redis that answered earlier and stops
 //!   answering while a `lock_timeout` waits yields [`Error::Timeout`].
 //! - A restart that forgot every key: holders learn [`Error::LeaseLost`] at
 //!   their next renewal; new locks work at once (the connection reconnects;
 //!   scripts are reloaded; the token counter is reseeded as above).
+//! - A dropped connection: every script call that fails because its
+//!   connection failed (not because of the command) is sent once more on a
+//!   fresh connection (all scripts are safe to repeat; see *Scripts*) before
+//!   it becomes [`Error::Backend`]. A request that may wait goes further:
+//!   it re-subscribes and tries again, pausing 20 ms doubling to 200 ms,
+//!   for as long as its failures have lasted less than the operation
+//!   timeout (and its own deadline allows), so a waiter lives through a
+//!   killed connection or a Redis restart and still gets the lock.
 //! - A reply lost after the server granted: the client releases the hold it
 //!   cannot know about in the background (and it would expire anyway).
 //! - Keys of the namespace modified by hand: a clear [`Error::Backend`]
@@ -391,6 +406,18 @@ struct CallError {
     error: Error,
     /// The caller's deadline (not the operation timeout) cut the call short.
     by_deadline: bool,
+    /// The connection failed (dropped, refused, or no answer within the
+    /// operation timeout), not the command: worth another try.
+    retryable: bool,
+}
+
+/// The first pause before a waiting request tries again after a failed
+/// round trip; doubled up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(200);
+
+fn connection_failed(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// The node keys of a request, root first, and its path.
@@ -821,18 +848,14 @@ impl Shared {
         }
         let mut con = self.conn.clone();
         let (budget, by_deadline) = self.budget(limit);
-        // A script that may safely run twice is retried once after a dropped
-        // connection (the connection manager reconnects meanwhile), so a
-        // Redis restart costs a release or renewal no error.
+        // A script that may safely run twice (all of ours: the acquire
+        // script is idempotent per request id) is retried once after a
+        // dropped connection, on the connection manager's fresh connection,
+        // so a killed connection or a Redis restart costs no error.
         let call = async {
             match inv.invoke_async::<Value>(&mut con).await {
-                Err(e)
-                    if idempotent
-                        && (e.is_io_error()
-                            || e.is_connection_dropped()
-                            || e.is_connection_refusal()) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(e) if idempotent && connection_failed(&e) => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
                     inv.invoke_async::<Value>(&mut con).await
                 }
                 r => r,
@@ -841,6 +864,7 @@ impl Shared {
         match tokio::time::timeout(budget, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(CallError {
+                retryable: connection_failed(&e),
                 error: backend(e),
                 by_deadline: false,
             }),
@@ -849,6 +873,7 @@ impl Shared {
                     message: format!("redis did not answer within {budget:?}"),
                 },
                 by_deadline,
+                retryable: !by_deadline,
             }),
         }
     }
@@ -869,6 +894,13 @@ impl Shared {
 
     /// The acquisition protocol: subscribe (if it may wait), try, sleep until
     /// a message, the earliest conflicting expiry or the deadline, repeat.
+    ///
+    /// A request that may wait survives lost connections: a failed round
+    /// trip (the subscription or the script) whose cause is the connection
+    /// is tried again, re-subscribing on a fresh connection first, with a
+    /// short backoff, for as long as the failures last less than the
+    /// operation timeout (and the deadline allows). The acquire script is
+    /// idempotent per request id, so a retried call never grants twice.
     async fn acquire(
         self: Arc<Self>,
         target: Target,
@@ -905,31 +937,13 @@ impl Shared {
         let mode_ix = (mode as u8).to_string();
         let waiting = if matches!(wait, Wait::Try) { "0" } else { "1" };
         let mut ticket = 0i64;
+        // When the current run of failed attempts started, and the next pause.
+        let mut failing: Option<(Instant, Duration)> = None;
         loop {
-            if let Some(r) = reg.as_mut() {
-                let (budget, by_deadline) = self.budget(deadline);
-                match tokio::time::timeout(budget, r.ensure()).await {
-                    Ok(r) => {
-                        r?;
-                        answered = true;
-                    }
-                    Err(_) => {
-                        return Err(cut(
-                            answered,
-                            CallError {
-                                error: Error::Backend {
-                                    message: "redis did not answer SUBSCRIBE".into(),
-                                },
-                                by_deadline,
-                            },
-                        ))
-                    }
-                }
-            }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout);
             }
-            let sent = Instant::now();
+            let started = Instant::now();
             let args = self.args(&[
                 &id,
                 &self.owner,
@@ -939,11 +953,52 @@ impl Shared {
                 &ticket.to_string(),
                 &lease_ms,
             ]);
-            let v = self
-                .eval(&self.scripts.acquire, &keys, &args, deadline, false)
-                .await
-                .map_err(|e| cut(answered, e))?;
-            answered = true;
+            let attempt = async {
+                if let Some(r) = reg.as_mut() {
+                    let (budget, by_deadline) = self.budget(deadline);
+                    match tokio::time::timeout(budget, r.ensure()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            return Err(CallError {
+                                error,
+                                by_deadline: false,
+                                retryable: true,
+                            })
+                        }
+                        Err(_) => {
+                            return Err(CallError {
+                                error: Error::Backend {
+                                    message: format!(
+                                        "redis did not answer SUBSCRIBE within {budget:?}"
+                                    ),
+                                },
+                                by_deadline,
+                                retryable: !by_deadline,
+                            })
+                        }
+                    }
+                }
+                self.eval(&self.scripts.acquire, &keys, &args, deadline, true)
+                    .await
+            };
+            let v = match attempt.await {
+                Ok(v) => {
+                    failing = None;
+                    answered = true;
+                    v
+                }
+                Err(e) if e.retryable && reg.is_some() => {
+                    let (since, pause) = *failing.get_or_insert((started, RETRY_PAUSE));
+                    let resume = Instant::now() + pause;
+                    if resume < since + self.op_timeout && deadline.is_none_or(|d| resume < d) {
+                        failing = Some((since, (pause * 2).min(RETRY_PAUSE_MAX)));
+                        tokio::time::sleep_until(resume.into()).await;
+                        continue;
+                    }
+                    return Err(cut(answered, e));
+                }
+                Err(e) => return Err(cut(answered, e)),
+            };
             let r: Vec<i64> = redis::from_redis_value(&v).map_err(backend)?;
             let [status, a, b] = r[..] else {
                 return Err(Error::Backend {
@@ -957,7 +1012,7 @@ impl Shared {
                     self.wait_replicas(n, t).await?;
                 }
                 cleanup.armed = false;
-                let hold = Hold::start(self.clone(), id, target.keys, token, sent + lease);
+                let hold = Hold::start(self.clone(), id, target.keys, token, started + lease);
                 return Ok(RedisGuard::new(hold, target.path, mode));
             }
             if matches!(wait, Wait::Try) {

@@ -139,10 +139,20 @@ local function rescan(st)
   if #dead > 0 then wake(key, w, freed) end
 end
 
--- A node's counters; pruned first if an entry may have expired.
-local function load(key)
-  local r = redis.call('HMGET', key, unpack(FIELDS))
-  local st = { key = key }
+-- A node's counters; pruned first if an entry may have expired. The
+-- fields `extra` (optional) are read in the same HMGET, into st.extra.
+local function load(key, extra)
+  local r, ex
+  if extra then
+    local f = { unpack(FIELDS) }
+    for _, x in ipairs(extra) do f[#f + 1] = x end
+    r = redis.call('HMGET', key, unpack(f))
+    ex = {}
+    for j = 1, #extra do ex[j] = r[#FIELDS + j] end
+  else
+    r = redis.call('HMGET', key, unpack(FIELDS))
+  end
+  local st = { key = key, extra = ex }
   st.c, st.w = counts(key, r, 1)
   local any = false
   for m = 0, 4 do
@@ -218,14 +228,53 @@ local mode, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
 local wait, ticket, wlease = ARGV[7] == '1', tonumber(ARGV[8]), tonumber(ARGV[9])
 local INTENT = { [0] = 0, 1, 0, 1, 1 }
 local n = #KEYS - 1
+local hf, wf = 'h:' .. id, 'w:' .. id
 local sts = {}
+for i = 1, n do
+  if i < n then sts[i] = load(KEYS[i + 1]) else sts[i] = load(KEYS[i + 1], { hf, wf }) end
+end
+
+-- Idempotent per request id: a client that lost the answer to this request
+-- sends it again. A hold it was granted is returned again (same token, the
+-- lease left); a waiter keeps its ticket. A hold of this id that is no longer
+-- whole (force-released above the node) is removed, and the request starts
+-- over.
+local prior_h, prior_w = sts[n].extra[1], sts[n].extra[2]
+if prior_h then
+  local _, ptok, pdl = parse(sts[n].key, hf, prior_h)
+  if pdl > NOW then
+    local whole = true
+    for i = 1, n - 1 do
+      local v = redis.call('HGET', sts[i].key, hf)
+      if v then
+        local _, t, d = parse(sts[i].key, hf, v)
+        if t ~= ptok or d <= NOW then whole = false end
+      else
+        whole = false
+      end
+    end
+    if whole then return { 1, tonumber(ptok), pdl - NOW } end
+    for i = 1, n do
+      local key = sts[i].key
+      local v = redis.call('HGET', key, hf)
+      if v then
+        drop(key, { { f = hf, k = 'h', m = parse(key, hf, v) } }, redis.call('HMGET', key, unpack(FIELDS)), 1)
+      end
+      sts[i] = load(key)
+    end
+  end
+end
+if ticket == 0 and prior_w then
+  local _, t, d = parse(sts[n].key, wf, prior_w)
+  if d > NOW then ticket = tonumber(t) end
+end
+
 local blocked, hint = false, nil
 for i = 1, n do
   local lm = mode
   if i < n then lm = INTENT[mode] end
-  local st = load(KEYS[i + 1])
+  local st = sts[i]
   st.lm = lm
-  sts[i] = st
   local conflict = false
   for m = 0, 4 do
     if st.c[m] > 0 and not COMPAT[m][lm] then conflict = true end
@@ -446,5 +495,164 @@ impl Scripts {
             force_release: s(FORCE_RELEASE),
             inspect: s(INSPECT),
         }
+    }
+}
+
+/// The scripts against a real `redis-server` (started here on a free
+/// loopback port without persistence, killed at the end).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Server {
+        child: std::process::Child,
+    }
+
+    impl Server {
+        /// The server (killed on drop) and a connection to it.
+        fn start() -> (Server, redis::Connection) {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let srv = Server {
+                child: std::process::Command::new(
+                    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
+                )
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("start redis-server (install it)"),
+            };
+            let url = format!("redis://127.0.0.1:{port}/0");
+            let t0 = std::time::Instant::now();
+            loop {
+                if let Ok(con) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+                {
+                    return (srv, con);
+                }
+                assert!(
+                    t0.elapsed() < std::time::Duration::from_secs(10),
+                    "redis-server did not come up on port {port}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    const NP: &str = "{t}:n:";
+    const CP: &str = "{t}:c:";
+
+    fn keys(path: &[&str]) -> Vec<String> {
+        let mut k = vec![NP.to_owned()];
+        for i in 1..=path.len() {
+            k.push(format!("{NP}{}", path[..i].join("/")));
+        }
+        k
+    }
+
+    /// `{status, token or ticket, lease left or retry}`.
+    fn acquire(
+        con: &mut redis::Connection,
+        path: &[&str],
+        id: &str,
+        mode: u8,
+        wait: bool,
+        ticket: i64,
+    ) -> Vec<i64> {
+        let scripts = Scripts::new();
+        let mut inv = scripts.acquire.prepare_invoke();
+        inv.key("{t}:token");
+        for k in keys(path) {
+            inv.key(k);
+        }
+        inv.arg(NP).arg(CP).arg(id).arg("me").arg(mode).arg(10_000);
+        inv.arg(if wait { "1" } else { "0" })
+            .arg(ticket)
+            .arg(10_000);
+        inv.invoke(con).unwrap()
+    }
+
+    fn field(con: &mut redis::Connection, key: &str, f: &str) -> Option<String> {
+        redis::cmd("HGET").arg(key).arg(f).query(con).unwrap()
+    }
+
+    fn release(con: &mut redis::Connection, path: &[&str], id: &str, token: &str) -> i64 {
+        let scripts = Scripts::new();
+        let mut inv = scripts.release.prepare_invoke();
+        for k in keys(path) {
+            inv.key(k);
+        }
+        inv.arg(NP).arg(CP).arg(id).arg(token);
+        inv.invoke(con).unwrap()
+    }
+
+    #[test]
+    fn acquire_is_idempotent_per_request_id() {
+        let (_srv, mut con) = Server::start();
+        let con = &mut con;
+        // A grant sent twice is one hold with one token.
+        let first = acquire(con, &["a"], "A", 4, true, 0);
+        assert_eq!(first[0], 1);
+        let again = acquire(con, &["a"], "A", 4, true, 0);
+        assert_eq!((again[0], again[1]), (1, first[1]));
+        assert!(again[2] > 0 && again[2] <= 10_000);
+        assert_eq!(field(con, "{t}:n:a", "c4").as_deref(), Some("1"));
+        assert_eq!(field(con, "{t}:n:", "c1").as_deref(), Some("1"));
+        // A waiter sent twice keeps its ticket and is counted once.
+        let w1 = acquire(con, &["a", "b"], "B", 2, true, 0);
+        assert_eq!(w1[0], 0);
+        let w2 = acquire(con, &["a", "b"], "B", 2, true, 0);
+        assert_eq!((w2[0], w2[1]), (0, w1[1]));
+        assert_eq!(field(con, "{t}:n:a", "w0").as_deref(), Some("1"));
+        // Once free, a retry that lost its ticket is granted and leaves no
+        // waiter entry behind.
+        assert_eq!(release(con, &["a"], "A", &first[1].to_string()), 1);
+        let g = acquire(con, &["a", "b"], "B", 2, true, 0);
+        assert_eq!(g[0], 1);
+        assert!(g[1] > w1[1]);
+        for k in keys(&["a", "b"]) {
+            assert_eq!(field(con, &k, "w:B"), None, "{k}");
+            assert_eq!(field(con, &k, "w0"), None, "{k}");
+            assert_eq!(field(con, &k, "w2"), None, "{k}");
+        }
+        assert_eq!(release(con, &["a", "b"], "B", &g[1].to_string()), 1);
+        let left: Vec<String> = redis::cmd("KEYS").arg("{t}:n:*").query(con).unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_retried_acquire_whose_hold_was_cut_starts_over() {
+        let (_srv, mut con) = Server::start();
+        let con = &mut con;
+        let first = acquire(con, &["a", "b"], "C", 4, false, 0);
+        assert_eq!(first[0], 1);
+        // An operator frees /a: C's intention holds on / and /a are gone,
+        // its X on /a/b is not.
+        let scripts = Scripts::new();
+        let mut inv = scripts.force_release.prepare_invoke();
+        for k in keys(&["a"]) {
+            inv.key(k);
+        }
+        inv.arg(NP).arg(CP);
+        assert_eq!(inv.invoke::<i64>(con).unwrap(), 1);
+        assert!(field(con, "{t}:n:a/b", "h:C").is_some());
+        // The same request again: not the old, broken hold but a new one.
+        let again = acquire(con, &["a", "b"], "C", 4, false, 0);
+        assert_eq!(again[0], 1);
+        assert!(again[1] > first[1]);
+        assert_eq!(field(con, "{t}:n:a/b", "c4").as_deref(), Some("1"));
+        assert_eq!(field(con, "{t}:n:a", "c1").as_deref(), Some("1"));
+        assert_eq!(release(con, &["a", "b"], "C", &again[1].to_string()), 1);
+        let left: Vec<String> = redis::cmd("KEYS").arg("{t}:n:*").query(con).unwrap();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

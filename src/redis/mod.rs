@@ -161,6 +161,22 @@
 //! subscriber connection lives on one more thread of its own, which ends
 //! with the last tree that uses it.
 //!
+//! # Redis Cluster
+//!
+//! [`RedisLockTree::cluster_builder`] takes the URLs of some nodes of a
+//! cluster instead of one server; everything else is the same. Every key of
+//! a namespace carries the hash tag `{ns}`, so a namespace is one slot,
+//! served by one primary: each script (which names every key it touches in
+//! `KEYS`, as a cluster requires) runs there, atomically, and is routed by
+//! the cluster client, which follows `MOVED`/`ASK` and topology changes.
+//! Different namespaces spread over the shards; one namespace does not
+//! (that is what keeps an acquisition one atomic script). Waiting needs no
+//! per-shard connection: a cluster forwards every `PUBLISH` to every node,
+//! so the process's one subscriber connection goes to one node (the first
+//! given that answers) and hears releases from all of them.
+//! [`RedisLockTreeBuilder::wait_for_replicas`] sends `WAIT` to the primary
+//! of the namespace's slot.
+//!
 //! # Failure behaviour
 //!
 //! - Unreachable Redis: [`RedisLockTree::builder`]'s `build` and every call
@@ -238,7 +254,9 @@ pub struct RedisLockTree {
 /// Configures a [`RedisLockTree`]; from [`RedisLockTree::builder`].
 #[derive(Debug, Clone)]
 pub struct RedisLockTreeBuilder {
-    url: String,
+    /// One URL for a plain Redis; the seed nodes of a cluster.
+    urls: Vec<String>,
+    cluster: bool,
     namespace: String,
     lease: Duration,
     owner_id: Option<String>,
@@ -305,7 +323,7 @@ enum Wait {
 /// What the tree, its guards and its background tasks share.
 pub(crate) struct Shared {
     rt: Runtime,
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Scripts,
     sub: Arc<Subscriber>,
     namespace: String,
@@ -498,38 +516,64 @@ impl RedisLockTreeBuilder {
             });
         }
         let lease = self.lease.max(Duration::from_millis(10));
-        let info = self.url.as_str().into_connection_info().map_err(backend)?;
-        let client = redis::Client::open(info.clone()).map_err(backend)?;
-        let mut info3 = info;
-        info3.redis.protocol = ProtocolVersion::RESP3;
-        let sub_client = redis::Client::open(info3).map_err(backend)?;
-        let sub_key = format!(
-            "{}|{:?}|{:?}",
-            sub_client.get_connection_info().addr,
-            sub_client.get_connection_info().redis.username,
-            sub_client.get_connection_info().redis.password
-        );
-        let rt = Runtime::start("hierlock-redis")?;
+        if self.urls.is_empty() {
+            return Err(Error::Backend {
+                message: "no redis cluster node given".into(),
+            });
+        }
+        let infos = self
+            .urls
+            .iter()
+            .map(|u| u.as_str().into_connection_info().map_err(backend))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The subscriber: RESP3 connections to the server (any node of a
+        // cluster hears every PUBLISH), keyed by address and credentials.
+        let mut sub_clients = Vec::with_capacity(infos.len());
+        let mut sub_key = String::from(if self.cluster { "cluster" } else { "server" });
+        for info in &infos {
+            let mut info3 = info.clone();
+            info3.redis.protocol = ProtocolVersion::RESP3;
+            sub_key.push_str(&format!(
+                "|{}|{:?}|{:?}",
+                info3.addr, info3.redis.username, info3.redis.password
+            ));
+            sub_clients.push(redis::Client::open(info3).map_err(backend)?);
+        }
         let op_timeout = self.op_timeout;
-        let connect = async move {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(op_timeout)
-                .set_response_timeout(op_timeout)
-                .set_number_of_retries(1)
-                .set_factor(10)
-                .set_max_delay(200);
-            let fut = async {
-                let mut conn = ConnectionManager::new_with_config(client, config).await?;
-                redis::cmd("PING").query_async::<()>(&mut conn).await?;
-                Ok::<_, redis::RedisError>(conn)
+        let connect: std::pin::Pin<Box<dyn Future<Output = Result<Conn, Error>> + Send>> =
+            if self.cluster {
+                let client = redis::cluster::ClusterClientBuilder::new(infos)
+                    .connection_timeout(op_timeout)
+                    .response_timeout(op_timeout)
+                    .retries(1)
+                    .build()
+                    .map_err(backend)?;
+                Box::pin(async move {
+                    let fut = async {
+                        let mut conn = client.get_async_connection().await?;
+                        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                        Ok::<_, redis::RedisError>(Conn::Cluster(conn))
+                    };
+                    bounded(op_timeout, fut).await
+                })
+            } else {
+                let client = redis::Client::open(infos[0].clone()).map_err(backend)?;
+                Box::pin(async move {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(op_timeout)
+                        .set_response_timeout(op_timeout)
+                        .set_number_of_retries(1)
+                        .set_factor(10)
+                        .set_max_delay(200);
+                    let fut = async {
+                        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+                        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                        Ok::<_, redis::RedisError>(Conn::Single(conn))
+                    };
+                    bounded(op_timeout, fut).await
+                })
             };
-            match tokio::time::timeout(op_timeout, fut).await {
-                Ok(r) => r.map_err(backend),
-                Err(_) => Err(Error::Backend {
-                    message: format!("redis did not answer within {op_timeout:?}"),
-                }),
-            }
-        };
+        let rt = Runtime::start("hierlock-redis")?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         rt.handle.spawn(async move {
             let _ = tx.send(connect.await);
@@ -541,7 +585,7 @@ impl RedisLockTreeBuilder {
                 rt,
                 conn,
                 scripts: Scripts::new(),
-                sub: Subscriber::shared(sub_key, vec![sub_client], op_timeout)?,
+                sub: Subscriber::shared(sub_key, sub_clients, op_timeout)?,
                 node_prefix: format!("{{{ns}}}:n:"),
                 chan_prefix: format!("{{{ns}}}:c:"),
                 token_key: format!("{{{ns}}}:token"),
@@ -559,6 +603,81 @@ impl RedisLockTreeBuilder {
     }
 }
 
+/// `fut` (connecting and a first PING), bounded by `limit`.
+async fn bounded(
+    limit: Duration,
+    fut: impl Future<Output = Result<Conn, redis::RedisError>>,
+) -> Result<Conn, Error> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(backend),
+        Err(_) => Err(Error::Backend {
+            message: format!("redis did not answer within {limit:?}"),
+        }),
+    }
+}
+
+/// The command connection of a tree: to one server (reconnecting on its
+/// own), or to a cluster (routing each script call to the primary of its
+/// keys' slot, following the cluster's topology).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The Redis Cluster hash slot of `key` (CRC16/XMODEM of its hash tag, or
+/// of the whole key, modulo 16384).
+fn slot(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let k = match k.iter().position(|&b| b == b'{') {
+        Some(open) => match k[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &k[open + 1..open + 1 + len],
+            _ => k,
+        },
+        None => k,
+    };
+    let mut crc: u16 = 0;
+    for &b in k {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 fn stopped() -> Error {
     Error::Backend {
         message: "the redis backend's runtime has stopped".into(),
@@ -569,8 +688,42 @@ impl RedisLockTree {
     /// Starts configuring a tree on the Redis at `url`
     /// (`redis://[user:password@]host:port/db`).
     pub fn builder(url: impl Into<String>) -> RedisLockTreeBuilder {
+        Self::new_builder(vec![url.into()], false)
+    }
+
+    /// Starts configuring a tree on a Redis Cluster, given the URLs of some
+    /// of its nodes (`redis://[user:password@]host:port`; the others are
+    /// discovered). Each namespace lives in the one hash slot of its tag
+    /// `{namespace}`, so each script call goes to one primary; different
+    /// namespaces spread over the cluster's shards. Waiting works through a
+    /// pub/sub connection to any one node (a cluster forwards every PUBLISH
+    /// to every node); it moves to the next given node if that one fails.
+    ///
+    /// ```no_run
+    /// use hierlock::redis::RedisLockTree;
+    /// let tree = RedisLockTree::cluster_builder([
+    ///     "redis://10.0.0.1:6379",
+    ///     "redis://10.0.0.2:6379",
+    /// ])
+    /// .namespace("myapp")
+    /// .build()?;
+    /// # Ok::<(), hierlock::Error>(())
+    /// ```
+    ///
+    /// `build` fails with [`Error::Backend`] if no node is given, a URL is
+    /// invalid, or the cluster does not answer within the operation timeout.
+    pub fn cluster_builder<I>(nodes: I) -> RedisLockTreeBuilder
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        Self::new_builder(nodes.into_iter().map(Into::into).collect(), true)
+    }
+
+    fn new_builder(urls: Vec<String>, cluster: bool) -> RedisLockTreeBuilder {
         RedisLockTreeBuilder {
-            url: url.into(),
+            urls,
+            cluster,
             namespace: "hierlock".into(),
             lease: Duration::from_secs(10),
             owner_id: None,
@@ -1044,7 +1197,21 @@ impl Shared {
         let ms = timeout.as_millis() as u64;
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(n).arg(ms);
-        let fut = cmd.query_async::<i64>(&mut con);
+        let fut = async {
+            match &mut con {
+                Conn::Single(c) => cmd.query_async::<i64>(c).await,
+                // To the primary of the namespace's slot, which took the grant.
+                Conn::Cluster(c) => {
+                    use redis::cluster_routing::{
+                        Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+                    };
+                    let route = Route::new(slot(&self.token_key), SlotAddr::Master);
+                    let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    let v = c.route_command(&cmd, to).await?;
+                    redis::from_redis_value::<i64>(&v)
+                }
+            }
+        };
         let got = tokio::time::timeout(timeout + self.op_timeout, fut)
             .await
             .map_err(|_| Error::Backend {
@@ -1150,6 +1317,20 @@ mod tests {
         check::<RedisLockTree>();
         check::<RedisGuard>();
         check::<RedisNodeInfo>();
+    }
+
+    #[test]
+    fn cluster_slots_match_redis() {
+        // CRC16/XMODEM check value; values from CLUSTER KEYSLOT.
+        assert_eq!(slot("123456789"), 0x31C3);
+        assert_eq!(slot("{a}"), 15495);
+        assert_eq!(slot("{b}"), 3300);
+        assert_eq!(slot("{a}:n:x/y"), 15495);
+        assert_eq!(slot("x{a}y{b}"), 15495);
+        assert_eq!(slot("{}a"), 10875);
+        assert_eq!(slot("{{a}}"), 10276);
+        assert_eq!(slot("a{"), 14311);
+        assert_eq!(slot("foo"), 12182);
     }
 
     #[test]

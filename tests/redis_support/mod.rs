@@ -210,3 +210,162 @@ impl Drop for Helper {
         let _ = self.child.wait();
     }
 }
+
+/// The `redis-cli` binary: `$REDIS_CLI`, else `redis-cli` on PATH.
+fn cli_bin() -> String {
+    std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
+}
+
+/// A free loopback port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = l.local_addr().unwrap().port();
+        if port <= 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+/// A Redis Cluster of three primaries (no replicas) on 127.0.0.1, started
+/// with `--cluster-enabled yes` and joined by `redis-cli --cluster create`;
+/// every node is killed on drop.
+pub struct RedisCluster {
+    children: Vec<Child>,
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
+        let dir = std::env::temp_dir().join(format!(
+            "hierlock-redis-cluster-{}-{}",
+            std::process::id(),
+            ports[0]
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut c = RedisCluster {
+            children: Vec::new(),
+            ports: ports.clone(),
+            dir,
+        };
+        for &p in &ports {
+            let child = Command::new(server_bin())
+                .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .arg("--cluster-config-file")
+                .arg(c.dir.join(format!("nodes-{p}.conf")))
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&c.dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {} (install redis-server): {e}", server_bin())
+                });
+            c.children.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &p in &ports {
+            while redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                .and_then(|cl| cl.get_connection())
+                .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con))
+                .is_err()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {p} did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let out = Command::new(cli_bin())
+            .args(["--cluster", "create"])
+            .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} (install redis-tools): {e}", cli_bin()));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every node agrees the cluster is up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for i in 0..ports.len() {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut c.node(i))
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster not ok on node {i}: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        c
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// A plain connection to node `i` (not cluster-aware).
+    pub fn node(&self, i: usize) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.ports[i]))
+            .and_then(|c| c.get_connection())
+            .expect("connect to a cluster node")
+    }
+
+    /// The index of the node that serves `key`'s slot.
+    pub fn owner(&self, key: &str) -> usize {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.node(0))
+            .unwrap();
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut self.node(0))
+            .unwrap();
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let port: u16 = f[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .expect("a node address");
+            for range in &f[8..] {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) {
+                    if (lo..=hi).contains(&slot) {
+                        return self.ports.iter().position(|&p| p == port).unwrap();
+                    }
+                }
+            }
+        }
+        panic!("no node serves slot {slot}: {nodes}");
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

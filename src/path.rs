@@ -202,10 +202,18 @@ impl<'a> ParsedPath<'a> {
     /// The normalized texts of every proper ancestor except the root,
     /// shallowest first, then the node itself (unless it is the root).
     pub(crate) fn prefixes(&self) -> Prefixes<'_> {
+        self.prefixes_after(0)
+    }
+
+    /// Like [`prefixes`](Self::prefixes), starting below the ancestor
+    /// whose normalized text is the first `len` bytes of this path's (0:
+    /// the root).
+    pub(crate) fn prefixes_after(&self, len: usize) -> Prefixes<'_> {
+        debug_assert!(len == 0 || self.text.len() == len || self.text[len..].starts_with(self.sep));
         Prefixes {
             text: &self.text,
             sep: self.sep,
-            pos: 0,
+            pos: len,
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::future::{LockFuture, OwnedLockFuture};
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::{Acquire, Node};
 use crate::park::Waiter;
-use crate::path::{IntoPath, ParsedPath, Path, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
+use crate::path::{IntoPath, ParsedPath, Path, Prefixes, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
 use crate::sync::Arc;
 use crate::table::{NodeRef, Pin, Table};
 use crate::{Error, Mode};
@@ -371,26 +371,25 @@ impl LockTree {
         wait: Wait,
     ) -> Result<Held, Error> {
         let mut held = Held::new();
-        self.acquire_below(&mut held, path, mode, wait)?;
+        self.acquire_below(&mut held, path, path.prefixes(), mode, wait)?;
         Ok(held)
     }
 
     /// The walk from the first level `held` does not have yet (`held` has
     /// the levels above it, root first, in `mode`'s intention) down to
-    /// `path`'s node. On error everything in `held` is released.
+    /// `path`'s node; `names` yields the names of the levels below those
+    /// (see `ParsedPath::prefixes_after`). On error everything in `held` is
+    /// released.
     pub(crate) fn acquire_below(
         &self,
         held: &mut Held,
         path: &ParsedPath<'_>,
+        mut names: Prefixes<'_>,
         mode: Mode,
         wait: Wait,
     ) -> Result<(), Error> {
         let mut pin = self.table.pin();
         let start = held.len();
-        let mut names = path.prefixes();
-        for _ in 1..start {
-            names.next();
-        }
         for level in start..=path.depth {
             let name = if level == 0 { None } else { names.next() };
             let m = if level == path.depth {

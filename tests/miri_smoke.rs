@@ -1,7 +1,8 @@
 //! A small integration set sized for Miri (`cargo +nightly miri test --test
 //! miri_smoke`): the unsafe parts — node pointers kept by guards, the
-//! dashmap keys that point into nodes, epoch reclamation, parking and
-//! wakers across threads — exercised on a few operations each. Also runs in
+//! dashmap keys that point into nodes, epoch reclamation, the idle cache's
+//! node pointers, prepared handles' pinned nodes, parking and wakers
+//! across threads — exercised on a few operations each. Also runs in
 //! the ordinary `cargo test`.
 
 use std::future::Future;
@@ -50,14 +51,26 @@ fn blocking_wake_up_across_threads() {
 
 #[test]
 fn nodes_are_reclaimed_under_churn() {
-    let tree = Arc::new(LockTree::new());
+    churn(LockTree::builder().idle_nodes(0).build());
+}
+
+/// The same through a one-slot idle cache: nodes evicted (killed or
+/// uncached) while the other thread reuses them.
+#[test]
+fn nodes_are_cached_evicted_and_reused_under_churn() {
+    churn(LockTree::builder().idle_nodes(1).build());
+}
+
+fn churn(tree: LockTree) {
+    let tree = Arc::new(tree);
     let threads: Vec<_> = (0..2)
         .map(|i| {
             let tree = tree.clone();
             thread::spawn(move || {
                 for j in 0..10 {
                     let mode = if (i + j) % 3 == 0 { Mode::X } else { Mode::S };
-                    let g = tree.lock("/hot/node", mode).unwrap();
+                    let path = ["/hot/node", "/hot/other"][j % 2];
+                    let g = tree.lock(path, mode).unwrap();
                     drop(g);
                 }
             })
@@ -66,6 +79,41 @@ fn nodes_are_reclaimed_under_churn() {
     for t in threads {
         t.join().unwrap();
     }
+    assert_eq!(tree.node_count(), 0);
+    tree.purge_idle();
+    assert_eq!(tree.idle_node_count(), 0);
+}
+
+#[test]
+fn prepared_handles_across_threads() {
+    let tree = Arc::new(LockTree::builder().idle_nodes(0).build());
+    let table = Arc::new(tree.prepare_owned("/db/t").unwrap());
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let (tree, table) = (tree.clone(), table.clone());
+            thread::spawn(move || {
+                for j in 0..5 {
+                    drop(
+                        table
+                            .lock_child(format!("{}", (i + j) % 2), Mode::X)
+                            .unwrap(),
+                    );
+                    drop(table.lock(Mode::IS).unwrap());
+                    // A short-lived handle racing with the other thread's
+                    // releases of the same row.
+                    let row = tree.prepare(format!("/db/t/{}", j % 2)).unwrap();
+                    let g = row.lock(Mode::S).unwrap();
+                    drop(row);
+                    drop(g);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(tree.node_count(), 2);
+    drop(table);
     assert_eq!(tree.node_count(), 0);
 }
 

@@ -624,7 +624,8 @@ fn main() {
     md.push_str(&scaling(&rows));
     md.push_str(
         "\nWorkloads: `uncontended X` holds IS on the parent for the run, so the \
-         ancestors exist and the leaf is created and reclaimed by each op; `nodes exist` \
+         ancestors exist; the leaf's node is kept between ops by hierlock's idle-node cache \
+         (on by default) and by the textbook manager's map entry only while held; `nodes exist` \
          holds IS on the leaf; `disjoint subtrees`: thread i locks rows of its own \
          `/u{i}/db/t` (sharing only the root); `hot node`/`hot parent`: `/db/hot`, held \
          IS for the run; `db mix`: rows of `/db/t` (held IS for the run). The global RwLock \

@@ -110,9 +110,15 @@ fn waiter_is_woken_by_a_release_on_another_node_and_tokens_increase() {
         let w = waiter.clone();
         let t =
             std::thread::spawn(move || w.lock_timeout("/r/c", Mode::X, Duration::from_secs(20)));
-        eventually(Duration::from_secs(10), "the waiter registered", || {
-            holder.inspect("/r").unwrap().waiters.len() == 1
+        eventually(Duration::from_secs(10), "the waiter listening", || {
+            let r: (String, usize) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(format!("{{{ns}}}:c:r/c"))
+                .query(&mut c.node(0))
+                .unwrap();
+            r.1 == 1
         });
+        assert_eq!(holder.inspect("/r").unwrap().waiters.len(), 1);
         // One pub/sub connection for the whole process, on node 0.
         let subs: Vec<usize> = (0..3)
             .map(|i| {

@@ -23,6 +23,16 @@ fn clients(srv: &RedisServer, kind: &str) -> Vec<String> {
     list.lines().map(str::to_owned).collect()
 }
 
+/// How many connections are subscribed to `channel`.
+fn listeners(srv: &RedisServer, channel: &str) -> usize {
+    let r: (String, usize) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut srv.conn())
+        .unwrap();
+    r.1
+}
+
 /// Polls `cond` until it holds, for at most `limit`.
 fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
@@ -57,8 +67,8 @@ fn one_subscriber_connection_per_process_and_server() {
     let (aa, bb) = (a.clone(), b.clone());
     let wa = std::thread::spawn(move || aa.lock_timeout("/x", Mode::X, Duration::from_secs(20)));
     let wb = std::thread::spawn(move || bb.lock_timeout("/y/z", Mode::S, Duration::from_secs(20)));
-    eventually(Duration::from_secs(10), "both waiters registered", || {
-        a.inspect("/x").unwrap().waiters.len() == 1 && b.inspect("/y").unwrap().waiters.len() == 1
+    eventually(Duration::from_secs(10), "both waiters listening", || {
+        listeners(&srv, "{share-a}:c:x") == 1 && listeners(&srv, "{share-b}:c:y/z") == 1
     });
     let subs = clients(&srv, "pubsub");
     assert_eq!(subs.len(), 1, "one pub/sub connection expected: {subs:#?}");
@@ -94,8 +104,8 @@ fn one_subscriber_connection_per_process_and_server() {
     let g = c.lock("/x", Mode::S).unwrap();
     let dd = d.clone();
     let w = std::thread::spawn(move || dd.lock_timeout("/x", Mode::X, Duration::from_secs(20)));
-    eventually(Duration::from_secs(10), "the waiter registered", || {
-        c.inspect("/x").unwrap().waiters.len() == 1
+    eventually(Duration::from_secs(10), "the waiter listening", || {
+        listeners(&srv, "{share-a}:c:x") == 1
     });
     assert_eq!(clients(&srv, "pubsub").len(), 1);
     g.unlock().unwrap();
@@ -125,9 +135,10 @@ fn waiter_survives(ns: &str, disturb: impl FnOnce(&RedisServer)) {
     let g = holder.lock("/r", Mode::X).unwrap();
     let w = waiter.clone();
     let t = std::thread::spawn(move || w.lock_timeout("/r/c", Mode::S, Duration::from_secs(15)));
-    eventually(Duration::from_secs(10), "the waiter registered", || {
-        holder.inspect("/r").unwrap().waiters.len() == 1
+    eventually(Duration::from_secs(10), "the waiter listening", || {
+        listeners(&srv, &format!("{{{ns}}}:c:r/c")) == 1
     });
+    assert_eq!(holder.inspect("/r").unwrap().waiters.len(), 1);
     disturb(&srv);
     let old = g.token();
     g.unlock().unwrap();
@@ -173,10 +184,18 @@ async fn async_waiter_gets_the_lock_after_the_pubsub_connection_was_killed() {
     let g = holder.lock_async("/r", Mode::X).await.unwrap();
     let w = tokio::spawn(waiter.lock_async("/r", Mode::X));
     let mut con = srv.conn();
-    let h = holder.clone();
+    let port = srv.port;
     tokio::task::spawn_blocking(move || {
-        eventually(Duration::from_secs(10), "the waiter registered", || {
-            h.inspect("/r").unwrap().waiters.len() == 1
+        let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
+            .and_then(|c| c.get_connection())
+            .unwrap();
+        eventually(Duration::from_secs(10), "the waiter listening", || {
+            let r: (String, usize) = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("{kill-async}:c:r")
+                .query(&mut con)
+                .unwrap();
+            r.1 == 1
         });
     })
     .await
@@ -234,8 +253,8 @@ fn waiter_gets_the_lock_after_a_redis_restart() {
     let g = holder.lock("/r", Mode::X).unwrap();
     let w = waiter.clone();
     let t = std::thread::spawn(move || w.lock_timeout("/r", Mode::X, Duration::from_secs(15)));
-    eventually(Duration::from_secs(10), "the waiter registered", || {
-        holder.inspect("/r").unwrap().waiters.len() == 1
+    eventually(Duration::from_secs(10), "the waiter listening", || {
+        listeners(&srv, "{restart-wait}:c:r") == 1
     });
     // The restart forgets the hold: the waiter, woken by the lost
     // connection, re-subscribes on the new server and is granted.

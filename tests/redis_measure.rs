@@ -45,22 +45,36 @@ fn reset(con: &mut redis::Connection) {
         .unwrap();
 }
 
-/// (client commands, commands run inside scripts, EVALSHA usec): client
-/// commands are everything but the measuring ones; Redis 7 also counts the
-/// commands a script runs, which are everything else.
+/// (client commands, commands run inside scripts, EVALSHA usec): Redis 7
+/// also counts the commands a script runs; those are the data commands
+/// below, every other command (EVALSHA, SUBSCRIBE, ...) came from a client.
 fn calls(s: &HashMap<String, (u64, u64)>) -> (u64, u64, u64) {
-    let (ev, us) = s.get("evalsha").copied().unwrap_or((0, 0));
-    let inner = s
-        .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "info" | "config|resetstat" | "config" | "evalsha"
-            )
-        })
-        .map(|(_, (c, _))| c)
-        .sum();
-    (ev, inner, us)
+    const INSIDE: &[&str] = &[
+        "time",
+        "hget",
+        "hmget",
+        "hset",
+        "hdel",
+        "hgetall",
+        "del",
+        "incr",
+        "set",
+        "pexpire",
+        "pexpireat",
+        "pttl",
+        "publish",
+    ];
+    let (_, us) = s.get("evalsha").copied().unwrap_or((0, 0));
+    let mut client = 0;
+    let mut inner = 0;
+    for (k, (c, _)) in s {
+        if INSIDE.contains(&k.as_str()) {
+            inner += c;
+        } else if !matches!(k.as_str(), "info" | "config|resetstat" | "config") {
+            client += c;
+        }
+    }
+    (client, inner, us)
 }
 
 fn path(depth: usize, i: usize) -> String {
@@ -81,6 +95,7 @@ fn measure() {
     const N: usize = 500;
     println!("| depth | client commands / acquire+release | one-key-per-ancestor design | commands inside the scripts | acquire usec_per_call | release usec_per_call |");
     println!("|---|---|---|---|---|---|");
+    let mut breakdown = Vec::new();
     for depth in [1, 4, 8] {
         // Warm up (script load).
         tree.lock(path(depth, 0).as_str(), Mode::X)
@@ -91,20 +106,39 @@ fn measure() {
         let guards: Vec<_> = (0..N)
             .map(|i| tree.lock(path(depth, i).as_str(), Mode::X).unwrap())
             .collect();
-        let acq = calls(&commandstats(&mut con));
+        let acq_stats = commandstats(&mut con);
+        let acq = calls(&acq_stats);
         reset(&mut con);
         for g in guards {
             g.unlock().unwrap();
         }
-        let rel = calls(&commandstats(&mut con));
+        let rel_stats = commandstats(&mut con);
+        let rel = calls(&rel_stats);
+        breakdown.push((depth, acq_stats, rel_stats));
         println!(
             "| {depth} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
             (acq.0 + rel.0) as f64 / N as f64,
             2 * (depth + 1),
             (acq.1 + rel.1) as f64 / N as f64,
-            acq.2 as f64 / acq.0.max(1) as f64,
-            rel.2 as f64 / rel.0.max(1) as f64,
+            acq.2 as f64 / N as f64,
+            rel.2 as f64 / N as f64,
         );
+    }
+
+    // What the scripts run, per acquire and per release.
+    for (depth, acq, rel) in &breakdown {
+        for (what, st) in [("acquire", acq), ("release", rel)] {
+            let mut cmds: Vec<_> = st
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "info" | "config|resetstat" | "config"))
+                .map(|(k, (c, _))| format!("{k} {:.1}", *c as f64 / N as f64))
+                .collect();
+            cmds.sort();
+            println!(
+                "depth {depth} {what}: commands per call: {}",
+                cmds.join(", ")
+            );
+        }
     }
 
     // Baseline in the same run: PING round trips of one plain connection.

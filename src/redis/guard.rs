@@ -96,7 +96,7 @@ impl Hold {
                 &self.keys,
                 &args,
                 Some(self.until()),
-                true,
+                None,
             )
             .await
             .map_err(|e| e.error)?;
@@ -113,7 +113,7 @@ impl Hold {
         let args = self.shared.args(&[&self.id, &token]);
         let v = self
             .shared
-            .eval(&self.shared.scripts.release, &self.keys, &args, None, true)
+            .eval(&self.shared.scripts.release, &self.keys, &args, None, None)
             .await
             .map_err(|e| e.error)?;
         Ok(redis::from_redis_value::<i64>(&v).map_err(super::backend)? == 1)

@@ -42,15 +42,18 @@
 //! | `{ns}:c:<path>` | channel | pub/sub channel of the node: "something that may unblock you was given up" |
 //!
 //! A node's hash holds every hold and every waiter as its own field, each
-//! with its own deadline, plus counters that make the uncontended path O(1):
+//! with its own deadline, plus one state field that makes the uncontended
+//! path O(1):
 //!
 //! | field | value |
 //! |---|---|
+//! | `s` | `c0,c1,c2,c3,c4,w0,w1,w2,w3,w4,min,exp`: live-or-unpruned holds per mode (IS, IX, S, SIX, X), waiters per mode, a lower bound of every entry's deadline (0: none), and the key's expiry as last set (ms) |
 //! | `h:<holder id>` | `<mode>,<token>,<deadline ms>,<owner id>` — one hold (the node's mode, or an intention held for a lock below) |
 //! | `w:<holder id>` | `<mode>,<ticket>,<deadline ms>,<since ms>,<owner id>` — one waiter |
-//! | `c0`..`c4` | number of live-or-unpruned holds per mode (IS, IX, S, SIX, X) |
-//! | `w0`..`w4` | number of waiters per mode |
-//! | `min` | a lower bound of every entry's deadline |
+//!
+//! `s` is written first when the key is created, so it stays the first
+//! field of the hash: reading it is one lookup however many entries the
+//! node has (Redis keeps small hashes as lists scanned field by field).
 //!
 //! Modes are stored as 0..4 in the order of [`Mode::ALL`]; deadlines are
 //! milliseconds of the **server's** clock (`redis.call('TIME')`), so
@@ -58,9 +61,11 @@
 //! its node after its deadline (`min <= now` triggers a rescan that deletes
 //! every expired entry and recounts): a crashed reader's entry is never kept
 //! alive by other readers renewing theirs, which is the bug of read/write
-//! locks that keep one expiry per key. Each node key also gets a `PEXPIRE`
-//! of its latest deadline plus 5 s, so the keys of a namespace whose clients
-//! all died disappear on their own; a node with no entries left is deleted.
+//! locks that keep one expiry per key. Each node key also expires at least
+//! 5 s after its latest deadline (a `PEXPIREAT` 10 s past the deadline when
+//! the recorded expiry `exp` is not far enough, so most writes need none),
+//! so the keys of a namespace whose clients all died disappear on their
+//! own; a node with no entries left is deleted.
 //!
 //! # Scripts
 //!
@@ -69,18 +74,20 @@
 //! it and retry, transparently):
 //!
 //! - **acquire** (`KEYS`: the counter and the node hashes from the root
-//!   down): for each level, read the counters (one `HMGET`), prune if due,
+//!   down): for each level, read the state (one `HGET` of `s`), prune if due,
 //!   and check the level's mode (the intention, or the mode itself at the
 //!   node) against the held modes and against the modes of *earlier*
 //!   waiters. Only if every level passes does it take a token and write a
-//!   hold on every level (one `HSET` each). Otherwise nothing is held; a
+//!   hold on every level (one `HSET` of the entry and the state each, and a
+//!   `PEXPIREAT` when the key is new). Otherwise nothing is held; a
 //!   waiting request registers (or refreshes) a waiter entry on every level
 //!   with its ticket, and the script returns when the earliest conflicting
 //!   entry's lease ends, so the client knows when to re-check. It is
-//!   idempotent per request id (the node's `HMGET` also reads the request's
-//!   own `h:`/`w:` fields): sent again after a lost answer, it returns the
-//!   hold it already granted (same token, the lease left) instead of
-//!   granting twice, and a waiter keeps its ticket.
+//!   idempotent per request id: a call that may repeat one whose answer was
+//!   lost carries a flag, and then the node's read also fetches the
+//!   request's own `h:`/`w:` fields; it returns the hold already granted
+//!   (same token, the lease left) instead of granting twice, and a waiter
+//!   keeps its ticket.
 //! - **release**: removes the hold's entries bottom to top, fixes the
 //!   counters, and `PUBLISH`es on a level's channel only if a waiter there
 //!   conflicts with the mode given up. It reports whether the hold was still
@@ -133,10 +140,12 @@
 //!
 //! # Waiting
 //!
-//! A request that may wait first subscribes to the channels of every level
-//! of its path on the process's subscriber connection, waits for the
-//! server's confirmation, and only then tries; so a release after the try is
-//! always heard. There is one subscriber connection (RESP3) per process and
+//! A request that may wait tries once; if that try is blocked, it
+//! subscribes to the channels of every level of its path on the process's
+//! subscriber connection, waits for the server's confirmation, and only then
+//! tries again (keeping the ticket the first try took); so a release after
+//! that second try is always heard, and an uncontended `lock` costs no
+//! SUBSCRIBE. There is one subscriber connection (RESP3) per process and
 //! server: every [`RedisLockTree`] of the process built with the same
 //! address and credentials shares it, whatever its namespace or database
 //! (channel names carry the namespace; pub/sub ignores the database). A failed try registers the request as a waiter on every level with
@@ -204,23 +213,48 @@
 //! # Measurements
 //!
 //! `cargo test --release --features redis --test redis_measure -- --ignored
-//! --nocapture` against a local Redis 7.0.15, on a 2-core machine that was
-//! shared with other builds and benchmarks at the time (load average about
-//! 7), so the times below are pessimistic; the command counts are exact.
+//! --nocapture` against a local Redis 7.0.15 on a 2-core machine shared with
+//! another engineer's builds and benchmarks (load average about 1.8 during
+//! the run below, 0 for the "before" run), so the times are pessimistic and
+//! vary between runs (the same build measured 115 / 102 usec at depth 1
+//! under load 2.7); the command counts are exact. 500 X locks at the
+//! given depth are taken (and held, so the root carries 500 intention
+//! holds), then released.
 //!
 //! | depth | client commands per acquire + release | one key per ancestor (2(d+1)) | commands run inside the scripts | EVALSHA usec_per_call acquire / release |
 //! |---|---|---|---|---|
-//! | 1 | 2.00 | 4  | 17.4 | 128 / 149 |
-//! | 4 | 2.00 | 10 | 37.7 | 317 / 422 |
-//! | 8 | 2.00 | 18 | 66.1 | 567 / 805 |
+//! | 1 | 2.00 | 4  | 13.0 | 69 / 62 |
+//! | 4 | 2.00 | 10 | 28.0 | 129 / 129 |
+//! | 8 | 2.00 | 18 | 48.0 | 216 / 223 |
 //!
-//! In the same run: one plain connection did 27,000 PING/s; lock + unlock
-//! cycles (X at depth 3, disjoint nodes) ran at 680/s with 1 client and
-//! 1,900/s with 16 clients (separate trees); a waiter was granted a median
-//! 0.8 ms (p90 3 ms) after the holder's `unlock` started. The per-operation
-//! cost is dominated by thread hand-offs to the tree's runtime thread and
-//! by the loaded CPUs, not by round trips (2 per cycle); these figures
-//! should be re-taken on an idle machine before they are quoted.
+//! Inside the scripts, per acquire: `TIME`, `INCR`, and per level one
+//! `HGET` and one `HSET`, plus one `PEXPIREAT` for a new node (the shared
+//! ancestors' expiries rarely need moving); per release: `TIME`, and per
+//! level one `HMGET` and an `HDEL` + `HSET` (or a `DEL` for the last
+//! entry). Before this layout (separate counter fields, `PTTL` +
+//! `PEXPIRE` per level) the same run counted 17.3 / 37.4 / 66.2 commands
+//! inside the scripts and 123 / 140, 289 / 435, 586 / 824 usec per acquire
+//! / release on an idle machine; the two script versions run alternately
+//! on one server under the same load (load average 4) took 230-270 /
+//! 280-300 usec before and 133-152 / 138-150 after at depth 1, and about
+//! 2.5 times less at depth 8. Under callgrind an acquire at depth 1 went
+//! from 615,000 to 250,000 instructions and a release from 840,000 to
+//! 300,000: most of the old cost was scanning the root's hash (a listpack
+//! while it has at most 128 fields) once per missing counter field, and
+//! formatting numbers. What is left is mostly the Lua interpreter setting
+//! up the shared helpers on every call (about 50,000 instructions); that is
+//! why the 44 usec target is not met yet on this machine.
+//!
+//! An uncontended `lock` no longer subscribes (it tries first and
+//! subscribes only when blocked), so an acquire + release is exactly the 2
+//! `EVALSHA` calls. In the same run: 36,500 PING/s on one plain connection;
+//! lock + unlock cycles (X at depth 3, disjoint nodes) at 2,990/s with 1
+//! client and 3,600/s with 16 clients (separate trees; before: 1,630/s and
+//! 2,570/s on the idle machine); a waiter granted a median 0.93 ms (p90
+//! 1.05 ms; before 0.85 / 1.12 ms) after the holder's `unlock` started. These
+//! per-operation figures are dominated by the hand-offs to the tree's
+//! runtime thread and by the loaded CPUs, and should be re-taken on an idle
+//! machine before they are quoted.
 
 mod guard;
 mod scripts;
@@ -428,6 +462,10 @@ struct CallError {
     /// operation timeout), not the command: worth another try.
     retryable: bool,
 }
+
+/// The index in the acquire script's arguments (as built by
+/// [`Shared::args`]) of its "may be a repeat" flag.
+const AGAIN_ARG: usize = 9;
 
 /// The first pause before a waiting request tries again after a failed
 /// round trip; doubled up to [`RETRY_PAUSE_MAX`].
@@ -882,7 +920,7 @@ impl RedisLockTree {
                     &target.keys,
                     &args,
                     None,
-                    true,
+                    None,
                 )
                 .await
                 .map_err(|e| e.error)?;
@@ -931,7 +969,7 @@ impl Drop for Cleanup {
             self.shared.rt.handle.spawn(async move {
                 let args = shared.args(&[&id, "0"]);
                 let _ = shared
-                    .eval(&shared.scripts.release, &keys, &args, None, true)
+                    .eval(&shared.scripts.release, &keys, &args, None, None)
                     .await;
             });
         }
@@ -984,32 +1022,43 @@ impl Shared {
     }
 
     /// One script call, bounded by the operation timeout and `limit`.
+    ///
+    /// Every script may safely run twice, so a call whose connection failed
+    /// is sent once more on the connection's fresh replacement; `again`
+    /// names the argument (an index into `args`) that tells the script it
+    /// may be a repeat (set to `"1"` for the second call), if it has one.
     async fn eval(
         &self,
         script: &Script,
         keys: &[String],
         args: &[String],
         limit: Option<Instant>,
-        idempotent: bool,
+        again: Option<usize>,
     ) -> Result<Value, CallError> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(a);
-        }
+        let invocation = |repeat: bool| {
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            for (i, a) in args.iter().enumerate() {
+                if repeat && again == Some(i) {
+                    inv.arg("1");
+                } else {
+                    inv.arg(a);
+                }
+            }
+            inv
+        };
         let mut con = self.conn.clone();
         let (budget, by_deadline) = self.budget(limit);
-        // A script that may safely run twice (all of ours: the acquire
-        // script is idempotent per request id) is retried once after a
-        // dropped connection, on the connection manager's fresh connection,
-        // so a killed connection or a Redis restart costs no error.
+        // Retried once after a dropped connection, on the connection
+        // manager's fresh connection, so a killed connection or a Redis
+        // restart costs no error.
         let call = async {
-            match inv.invoke_async::<Value>(&mut con).await {
-                Err(e) if idempotent && connection_failed(&e) => {
+            match invocation(false).invoke_async::<Value>(&mut con).await {
+                Err(e) if connection_failed(&e) => {
                     tokio::time::sleep(RETRY_PAUSE).await;
-                    inv.invoke_async::<Value>(&mut con).await
+                    invocation(true).invoke_async::<Value>(&mut con).await
                 }
                 r => r,
             }
@@ -1045,8 +1094,9 @@ impl Shared {
         }
     }
 
-    /// The acquisition protocol: subscribe (if it may wait), try, sleep until
-    /// a message, the earliest conflicting expiry or the deadline, repeat.
+    /// The acquisition protocol: try; if blocked, subscribe and try again;
+    /// sleep until a message, the earliest conflicting expiry or the
+    /// deadline; repeat.
     ///
     /// A request that may wait survives lost connections: a failed round
     /// trip (the subscription or the script) whose cause is the connection
@@ -1092,6 +1142,10 @@ impl Shared {
         let mut ticket = 0i64;
         // When the current run of failed attempts started, and the next pause.
         let mut failing: Option<(Instant, Duration)> = None;
+        // Subscribed yet? The first try goes without (an uncontended lock
+        // costs no SUBSCRIBE); a blocked request subscribes and tries again
+        // at once, so a release after that second try is always heard.
+        let mut listen = false;
         loop {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout);
@@ -1105,9 +1159,10 @@ impl Shared {
                 waiting,
                 &ticket.to_string(),
                 &lease_ms,
+                if failing.is_some() { "1" } else { "0" },
             ]);
             let attempt = async {
-                if let Some(r) = reg.as_mut() {
+                if let Some(r) = reg.as_mut().filter(|_| listen) {
                     let (budget, by_deadline) = self.budget(deadline);
                     match tokio::time::timeout(budget, r.ensure()).await {
                         Ok(Ok(())) => {}
@@ -1131,8 +1186,14 @@ impl Shared {
                         }
                     }
                 }
-                self.eval(&self.scripts.acquire, &keys, &args, deadline, true)
-                    .await
+                self.eval(
+                    &self.scripts.acquire,
+                    &keys,
+                    &args,
+                    deadline,
+                    Some(AGAIN_ARG),
+                )
+                .await
             };
             let v = match attempt.await {
                 Ok(v) => {
@@ -1173,6 +1234,10 @@ impl Shared {
                 return Err(Error::WouldBlock);
             }
             ticket = a;
+            if !listen {
+                listen = true;
+                continue;
+            }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout);
@@ -1231,7 +1296,7 @@ impl Shared {
     async fn inspect(&self, target: Target) -> Result<RedisNodeInfo, Error> {
         let node = target.keys.last().cloned().into_iter().collect::<Vec<_>>();
         let v = self
-            .eval(&self.scripts.inspect, &node, &self.args(&[]), None, true)
+            .eval(&self.scripts.inspect, &node, &self.args(&[]), None, None)
             .await
             .map_err(|e| e.error)?;
         let bad = |why: &str| Error::Backend {

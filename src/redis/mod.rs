@@ -223,7 +223,7 @@
 //!
 //! | depth | client commands per acquire + release | one key per ancestor (2(d+1)) | commands run inside the scripts | EVALSHA usec_per_call acquire / release |
 //! |---|---|---|---|---|
-//! | 1 | 2.00 | 4  | 13.0 | 69 / 62 |
+//! | 1 | 2.00 | 4  | 13.0 | 69 / 62 (74 / 65 in a later run under load 3) |
 //! | 4 | 2.00 | 10 | 28.0 | 129 / 129 |
 //! | 8 | 2.00 | 18 | 48.0 | 216 / 223 |
 //!
@@ -237,9 +237,10 @@
 //! / release on an idle machine; the two script versions run alternately
 //! on one server under the same load (load average 4) took 230-270 /
 //! 280-300 usec before and 133-152 / 138-150 after at depth 1, and about
-//! 2.5 times less at depth 8. Under callgrind an acquire at depth 1 went
-//! from 615,000 to 250,000 instructions and a release from 840,000 to
-//! 300,000: most of the old cost was scanning the root's hash (a listpack
+//! 2.5 times less at depth 8. Under callgrind (the server's instructions
+//! per call, including about 32,000 that any `EVALSHA` costs) an acquire at
+//! depth 1 went from 615,000 to 275,000 instructions and a release from
+//! 840,000 to 290,000: most of the old cost was scanning the root's hash (a listpack
 //! while it has at most 128 fields) once per missing counter field, and
 //! formatting numbers. What is left is mostly the Lua interpreter setting
 //! up the shared helpers on every call (about 50,000 instructions); that is

@@ -14,13 +14,14 @@ use redis::Script;
 /// server clock, entry parsing, pruning, and the wake-up rule.
 const PRELUDE: &str = r#"
 local NP, CP = ARGV[1], ARGV[2]
--- Gray's matrix: COMPAT[held][requested], modes 0..4 = IS IX S SIX X.
+-- Gray's matrix: COMPAT[held * 5 + requested], modes 0..4 = IS IX S SIX X
+-- (one flat table: every table a script builds costs an allocation per call).
 local COMPAT = {
-  [0] = { [0] = true, true, true, true, false },
-  [1] = { [0] = true, true, false, false, false },
-  [2] = { [0] = true, false, true, false, false },
-  [3] = { [0] = true, false, false, false, false },
-  [4] = { [0] = false, false, false, false, false },
+  [0] = true, true, true, true, false,
+  true, true, false, false, false,
+  true, false, true, false, false,
+  true, false, false, false, false,
+  false, false, false, false, false,
 }
 -- The modes as strings (no number formatting in the hot path).
 local MS = { [0] = '0', '1', '2', '3', '4' }
@@ -110,7 +111,7 @@ local function wake(st, freed)
   for m = 0, 4 do
     if st.w[m] > 0 then
       for f, _ in pairs(freed) do
-        if not COMPAT[m][f] then
+        if not COMPAT[m * 5 + f] then
           redis.call('PUBLISH', chan(st.key), 'r')
           return
         end
@@ -299,16 +300,16 @@ for i = 1, n do
   st.lm = lm
   local conflict = false
   for m = 0, 4 do
-    if st.c[m] > 0 and not COMPAT[m][lm] then conflict = true end
+    if st.c[m] > 0 and not COMPAT[m * 5 + lm] then conflict = true end
   end
   if not conflict then
     local maybe = false
     for m = 0, 4 do
-      if st.w[m] > 0 and not COMPAT[m][lm] then maybe = true end
+      if st.w[m] > 0 and not COMPAT[m * 5 + lm] then maybe = true end
     end
     if maybe then
       for _, e in ipairs(live(st)) do
-        if e.kind == 'w:' and e.id ~= id and not COMPAT[e.mode][lm]
+        if e.kind == 'w:' and e.id ~= id and not COMPAT[e.mode * 5 + lm]
             and (ticket == 0 or tonumber(e.n) < ticket) then
           conflict = true
           break
@@ -319,7 +320,7 @@ for i = 1, n do
   if conflict then
     blocked = true
     for _, e in ipairs(live(st)) do
-      if e.id ~= id and not COMPAT[e.mode][lm]
+      if e.id ~= id and not COMPAT[e.mode * 5 + lm]
           and (e.kind == 'h:' or ticket == 0 or tonumber(e.n) < ticket) then
         if hint == nil or e.dl < hint then hint = e.dl end
       end

@@ -24,8 +24,8 @@ use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
 
 /// One level of a hold: a node pointer with the mode held there packed into
-/// its low bits (nodes are 64-byte aligned, so the low 6 bits of the
-/// address are always zero). Halves the size of a guard, which is moved
+/// its low bits (nodes are at least 8-byte aligned, so the low 3 bits of
+/// the address are always zero; checked below). Halves the size of a guard, which is moved
 /// around by value on every lock.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Level(NonNull<Node>);
@@ -104,10 +104,17 @@ impl Held {
         let mut pin = None;
         for level in self.levels.iter().rev() {
             let (node, mode) = level.get();
-            // SAFETY: held until this release; `release_lazy` pins before
-            // any step that could let the node be unlinked and freed while
-            // it still looks at it.
-            unsafe { node.get() }.release_lazy(mode, tree.table(), &mut pin);
+            // One of several holds, nobody waiting: a single CAS and done,
+            // with no epoch pin and no `&Node` that another thread's last
+            // release could free under us.
+            // SAFETY: held until this CAS.
+            if unsafe { node.state() }.try_release_shared(mode) {
+                continue;
+            }
+            let pin = pin.get_or_insert_with(|| tree.table().pin());
+            // SAFETY: still held (the CAS above changed nothing), and pinned
+            // from now on, so the node stays allocated through the release.
+            unsafe { node.get() }.release(mode, tree.table(), pin);
         }
         self.levels.clear();
     }

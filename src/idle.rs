@@ -72,7 +72,7 @@ impl IdleCache {
     fn shard(&self, node: NodeRef) -> &Mutex<VecDeque<NodeRef>> {
         // Nodes are at least 8-byte aligned; mix the address so nodes
         // allocated next to each other land in different shards.
-        let a = node.as_non_null().as_ptr() as usize;
+        let a = node.as_non_null().addr().get();
         let h = (a >> 4) ^ (a >> 11);
         &self.shards[h % self.shards.len()]
     }

@@ -234,19 +234,6 @@ impl Node {
         }
     }
 
-    /// Like [`release`](Self::release), but pins the epoch (into `pin`)
-    /// only when the release may need to touch the node afterwards: when it
-    /// is the node's last hold or someone waits. Releasing one of several
-    /// holds is then a single CAS with no epoch traffic.
-    #[inline]
-    pub(crate) fn release_lazy(&self, m: Mode, table: &Table, pin: &mut Option<Pin>) {
-        if self.state.try_release_shared(m) {
-            return;
-        }
-        let pin = pin.get_or_insert_with(|| table.pin());
-        self.release(m, table, pin);
-    }
-
     /// Replaces one hold of `from` by the weaker `to` (never waits).
     pub(crate) fn downgrade(
         &self,

@@ -21,8 +21,9 @@
 //!   path refuses every acquisition, so newcomers go through the queue and
 //!   cannot overtake a waiter (fairness), and every release takes the slow
 //!   path and hands the node to the waiters it unblocks.
-//! - `DEAD` is set once, by the CAS `0 -> DEAD`, on a node that nobody holds
-//!   or waits on; the node is then unlinked from the table and its memory
+//! - `DEAD` is set once, by the CAS `0 -> DEAD` (idle cache off) or
+//!   `CACHED -> DEAD` (evicted from the idle cache), on a node that nobody
+//!   holds, waits on or pins; the node is then unlinked from the table and its memory
 //!   reclaimed through the epoch. No CAS ever succeeds on a dead word except
 //!   through a path that checks `DEAD` first, so an acquirer that found a
 //!   stale pointer sees `DEAD`, and looks the node up again.
@@ -163,7 +164,8 @@ impl State {
         self.0 == CACHED
     }
 
-    /// No holder, no waiter, not dead: the node may be unlinked.
+    /// No holder, no waiter, no flag at all (not pinned, cached or dead):
+    /// the node may be retired (cached or unlinked).
     pub(crate) fn is_idle(self) -> bool {
         self.0 == 0
     }
@@ -377,9 +379,11 @@ impl StateWord {
     pub(crate) fn try_set_waiting(&self) -> bool {
         let mut s = self.0.load(Ordering::Relaxed);
         loop {
-            // No holder (whatever the PINNED and CACHED flags say): the
-            // release the watcher would wait for has already happened.
-            if s & HOLDERS == 0 || s & DEAD != 0 {
+            // No holder and no hand-off pending (whatever the PINNED and
+            // CACHED flags say): the release the watcher would wait for has
+            // already happened. With WAITING set a releaser's hand-off is
+            // still to come and will wake the watcher.
+            if s & (HOLDERS | WAITING) == 0 || s & DEAD != 0 {
                 return false;
             }
             match self

@@ -51,13 +51,16 @@ use std::ptr::NonNull;
 use crate::idle::IdleCache;
 use crate::node::Node;
 use crate::path::Path;
+use crate::state::StateWord;
 
 /// A pointer to a live node.
 ///
 /// Only the table makes these, while the caller is pinned. A `NodeRef` may
-/// be dereferenced (through [`NodeRef::get`]) while the caller is pinned, or
-/// while the caller holds or waits on the node (its state word is then
-/// non-zero, so it cannot have been unlinked and freed).
+/// be dereferenced (through [`NodeRef::get`]) while the caller is pinned,
+/// while the caller holds or waits on the node or a live prepared handle
+/// pins it (its state word is then non-zero, so it cannot have been
+/// unlinked and freed), or while the node sits in the idle cache and the
+/// caller holds its shard lock or has popped it and not settled it yet.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub(crate) struct NodeRef(NonNull<Node>);
 
@@ -80,6 +83,21 @@ impl NodeRef {
 
     pub(crate) fn from_non_null(ptr: NonNull<Node>) -> Self {
         NodeRef(ptr)
+    }
+
+    /// The node's state word alone, without making a reference to the
+    /// whole node: for a release that may be the last thing this thread
+    /// does with the node (another thread may free it right after the
+    /// CAS, which is allowed under a reference to atomics only).
+    ///
+    /// # Safety
+    ///
+    /// As for [`NodeRef::get`], at the time of the call.
+    #[inline]
+    pub(crate) unsafe fn state<'a>(self) -> &'a StateWord {
+        // SAFETY: by the caller's contract the node is alive now; the
+        // place is projected from the raw pointer, so no `&Node` is made.
+        unsafe { &(*self.0.as_ptr()).state }
     }
 
     /// The node.
@@ -247,8 +265,9 @@ mod imp {
 
     impl Drop for Table {
         fn drop(&mut self) {
-            // Nodes still here were leaked by `mem::forget` of a guard or are
-            // dead entries; nobody can reach them any more.
+            // Nodes still here are idle ones kept by the idle cache, nodes
+            // kept by a guard or prepared handle leaked with `mem::forget`,
+            // or dead entries; nobody can reach them any more.
             for entry in self.map.iter() {
                 // SAFETY: `&mut self`: no other thread uses the table, and
                 // each node is in the map exactly once.

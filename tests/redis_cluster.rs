@@ -5,7 +5,8 @@
 //! Shows the Gray matrix between two clients, namespaces in slots of
 //! different nodes each working, a waiter woken by a release published on
 //! another node than the one its subscriber connection talks to, fencing
-//! tokens increasing, and one pub/sub connection for the whole cluster.
+//! tokens increasing, one pub/sub connection for the whole cluster, and
+//! the function library loaded on every primary (again where forgotten).
 #![cfg(feature = "redis")]
 
 mod redis_support;
@@ -91,6 +92,46 @@ fn namespaces_on_every_node_each_work() {
         assert_eq!(b.force_release("/db/users").unwrap(), 1);
         assert_eq!(g.unlock().unwrap_err(), Error::LeaseLost);
         b.try_lock("/db", Mode::X).unwrap().unlock().unwrap();
+    }
+}
+
+/// How many function libraries node `i` has.
+fn libraries(c: &RedisCluster, i: usize) -> usize {
+    let v: Vec<redis::Value> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query(&mut c.node(i))
+        .unwrap();
+    v.len()
+}
+
+#[test]
+fn function_library_is_on_every_primary_and_reloaded_where_forgotten() {
+    let c = RedisCluster::start();
+    let trees: Vec<_> = (0..3)
+        .map(|i| tree(&c, &namespace_on(&c, "lib", i), Duration::from_secs(10)))
+        .collect();
+    trees[0].lock("/a", Mode::X).unwrap().unlock().unwrap();
+    // The first use loaded the library on every primary.
+    for i in 0..3 {
+        assert_eq!(libraries(&c, i), 1, "node {i}");
+    }
+    // One node forgets it (FUNCTION FLUSH): the namespace served there
+    // reloads it at its next call; the others never notice.
+    for forget in 0..3 {
+        redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query::<()>(&mut c.node(forget))
+            .unwrap();
+        assert_eq!(libraries(&c, forget), 0);
+        for (i, t) in trees.iter().enumerate() {
+            let g = t.lock("/a/b", Mode::X).unwrap();
+            g.refresh().unwrap();
+            assert_eq!(t.inspect("/a/b").unwrap().holders.len(), 1, "node {i}");
+            g.unlock().unwrap();
+        }
+        for i in 0..3 {
+            assert_eq!(libraries(&c, i), 1, "node {i} after {forget} forgot");
+        }
     }
 }
 

@@ -365,26 +365,97 @@ fn unreachable_redis_is_a_backend_error_within_the_timeout() {
     );
 }
 
+fn flush(srv: &RedisServer, what: &str) {
+    redis::cmd(what)
+        .arg("FLUSH")
+        .query::<()>(&mut srv.conn())
+        .unwrap();
+}
+
+/// The names of the function libraries the server has.
+fn libraries(srv: &RedisServer) -> Vec<String> {
+    let v: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query(&mut srv.conn())
+        .unwrap();
+    let mut names = Vec::new();
+    if let redis::Value::Array(libs) = v {
+        for lib in libs {
+            let redis::Value::Array(kv) = lib else {
+                continue;
+            };
+            for pair in kv.chunks(2) {
+                if let [k, v] = pair {
+                    let k: String = redis::from_redis_value(k).unwrap();
+                    if k == "library_name" {
+                        names.push(redis::from_redis_value(v).unwrap());
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
 #[test]
 fn script_flush_is_handled_transparently() {
     let srv = RedisServer::start();
     let tree = srv.tree("flush");
     tree.lock("/a", Mode::X).unwrap().unlock().unwrap();
-    redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query::<()>(&mut srv.conn())
-        .unwrap();
+    flush(&srv, "SCRIPT");
     let g = tree.lock("/a", Mode::X).unwrap();
-    redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query::<()>(&mut srv.conn())
-        .unwrap();
+    flush(&srv, "SCRIPT");
     g.refresh().unwrap();
-    redis::cmd("SCRIPT")
-        .arg("FLUSH")
+    flush(&srv, "SCRIPT");
+    g.unlock().unwrap();
+}
+
+#[test]
+fn a_server_that_forgot_the_function_library_gets_it_again() {
+    let srv = RedisServer::start();
+    let tree = srv.tree("fflush");
+    // Loaded on first use: one library of this crate.
+    assert!(libraries(&srv).is_empty());
+    tree.lock("/a", Mode::X).unwrap().unlock().unwrap();
+    let libs = libraries(&srv);
+    assert_eq!(libs.len(), 1, "{libs:?}");
+    assert!(libs[0].starts_with("hierlock_"), "{libs:?}");
+    // Forgotten before every kind of call: acquire, renew, inspect,
+    // force_release, release.
+    flush(&srv, "FUNCTION");
+    let g = tree.lock("/a", Mode::X).unwrap();
+    flush(&srv, "FUNCTION");
+    g.refresh().unwrap();
+    flush(&srv, "FUNCTION");
+    assert_eq!(tree.inspect("/a").unwrap().holders.len(), 1);
+    flush(&srv, "FUNCTION");
+    g.unlock().unwrap();
+    let g = tree.lock("/b", Mode::X).unwrap();
+    flush(&srv, "FUNCTION");
+    assert_eq!(tree.force_release("/b").unwrap(), 1);
+    assert!(matches!(g.unlock(), Err(Error::LeaseLost)));
+    // Deleted by name while a waiter waits: its retry after the release
+    // loads the library again and gets the lock.
+    let g = tree.lock("/c", Mode::X).unwrap();
+    let t2 = srv.tree("fflush");
+    let waiter = std::thread::spawn(move || {
+        t2.lock_timeout("/c", Mode::S, Duration::from_secs(10))
+            .map(|g| g.unlock())
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    redis::cmd("FUNCTION")
+        .arg("DELETE")
+        .arg(&libraries(&srv)[0])
         .query::<()>(&mut srv.conn())
         .unwrap();
+    assert!(libraries(&srv).is_empty());
     g.unlock().unwrap();
+    waiter.join().unwrap().unwrap().unwrap();
+    assert_eq!(libraries(&srv).len(), 1);
+    // Script and function caches flushed together.
+    flush(&srv, "SCRIPT");
+    flush(&srv, "FUNCTION");
+    assert!(tree.try_lock("/a", Mode::S).unwrap().unlock().is_ok());
 }
 
 #[test]

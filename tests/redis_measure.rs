@@ -5,7 +5,7 @@
 //! Prints: Redis commands per uncontended acquire + release at depths 1, 4
 //! and 8 (from `INFO commandstats`), next to the 2(d+1) commands of a
 //! one-key-per-ancestor design; server time per acquire and per release
-//! (`usec_per_call` of EVALSHA); acquisitions per second with 1 and 16
+//! (`usec_per_call` of FCALL); acquisitions per second with 1 and 16
 //! concurrent clients; and the time from a release to the waiter's grant.
 #![cfg(feature = "redis")]
 
@@ -45,9 +45,9 @@ fn reset(con: &mut redis::Connection) {
         .unwrap();
 }
 
-/// (client commands, commands run inside scripts, EVALSHA usec): Redis 7
+/// (client commands, commands run inside scripts, FCALL usec): Redis 7
 /// also counts the commands a script runs; those are the data commands
-/// below, every other command (EVALSHA, SUBSCRIBE, ...) came from a client.
+/// below, every other command (FCALL, SUBSCRIBE, ...) came from a client.
 fn calls(s: &HashMap<String, (u64, u64)>) -> (u64, u64, u64) {
     const INSIDE: &[&str] = &[
         "time",
@@ -64,7 +64,7 @@ fn calls(s: &HashMap<String, (u64, u64)>) -> (u64, u64, u64) {
         "pttl",
         "publish",
     ];
-    let (_, us) = s.get("evalsha").copied().unwrap_or((0, 0));
+    let (_, us) = s.get("fcall").copied().unwrap_or((0, 0));
     let mut client = 0;
     let mut inner = 0;
     for (k, (c, _)) in s {
@@ -97,7 +97,7 @@ fn measure() {
     println!("|---|---|---|---|---|---|");
     let mut breakdown = Vec::new();
     for depth in [1, 4, 8] {
-        // Warm up (script load).
+        // Warm up (function library load).
         tree.lock(path(depth, 0).as_str(), Mode::X)
             .unwrap()
             .unlock()

@@ -8,12 +8,20 @@
 //! `{ns}:n:`) and the channel prefix (`ARGV[2]`, `{ns}:c:`) first, so a
 //! node's channel is derived from its key without another argument.
 
-use redis::Script;
+use redis::Cmd;
 
 /// Definitions shared by every script: the compatibility matrix, the
 /// server clock, entry parsing, pruning, and the wake-up rule.
 const PRELUDE: &str = r#"
-local NP, CP = ARGV[1], ARGV[2]
+-- Set by `start` at the beginning of every call: the key and channel
+-- prefixes and the server clock (ms and us).
+local NP, CP, NOW, NOW_US
+local function start(ARGV)
+  NP, CP = ARGV[1], ARGV[2]
+  local t = redis.call('TIME')
+  NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  NOW = math.floor(NOW_US / 1000)
+end
 -- Gray's matrix: COMPAT[held * 5 + requested], modes 0..4 = IS IX S SIX X
 -- (one flat table: every table a script builds costs an allocation per call).
 local COMPAT = {
@@ -23,18 +31,14 @@ local COMPAT = {
   true, false, false, false, false,
   false, false, false, false, false,
 }
+-- The intention of each mode (for the levels above the node).
+local INTENT = { [0] = 0, 1, 0, 1, 1 }
 -- The modes as strings (no number formatting in the hot path).
 local MS = { [0] = '0', '1', '2', '3', '4' }
 -- Keys outlive the latest deadline in them by at least this much (garbage
 -- collection of nodes whose holders all died); an expiry is set 2 * GRACE
 -- ahead, so most writes need no PEXPIREAT.
 local GRACE = 5000
-local NOW, NOW_US
-do
-  local t = redis.call('TIME')
-  NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  NOW = math.floor(NOW_US / 1000)
-end
 
 local function fmt(n) return string.format('%d', n) end
 
@@ -247,7 +251,6 @@ local id, owner = ARGV[3], ARGV[4]
 local mode, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
 local wait, ticket, wlease = ARGV[7] == '1', tonumber(ARGV[8]), tonumber(ARGV[9])
 local again = ARGV[10] == '1'
-local INTENT = { [0] = 0, 1, 0, 1, 1 }
 local n = #KEYS - 1
 local hf, wf = 'h:' .. id, 'w:' .. id
 local sts = {}
@@ -489,27 +492,93 @@ const INSPECT: &str = r#"
 return { NOW, redis.call('HGETALL', KEYS[1]) }
 "#;
 
-/// The loaded scripts (their SHA1s; sent with EVALSHA, reloaded on NOSCRIPT
-/// by [`redis::Script`]).
+/// The scripts as one Redis Functions library, and the names of its
+/// functions.
+///
+/// The library is loaded (`FUNCTION LOAD REPLACE`) on first use and again
+/// whenever the server answers that a function is missing (a restart, a
+/// `FUNCTION FLUSH`, a new cluster primary). Its top-level code (the
+/// helpers of [`PRELUDE`], the matrix) runs once per load instead of once
+/// per call, as it would with `EVALSHA`. The library's and functions'
+/// names carry a hash of its text, so clients of different versions of
+/// this crate on one server each use their own.
 pub(super) struct Scripts {
-    pub(super) acquire: Script,
-    pub(super) release: Script,
-    pub(super) renew: Script,
-    pub(super) force_release: Script,
-    pub(super) inspect: Script,
+    pub(super) library: String,
+    pub(super) acquire: Function,
+    pub(super) release: Function,
+    pub(super) renew: Function,
+    pub(super) force_release: Function,
+    pub(super) inspect: Function,
 }
+
+/// One function of the library: its name for `FCALL`.
+pub(super) struct Function {
+    pub(super) name: String,
+}
+
+impl Function {
+    /// `FCALL name numkeys keys... args...`.
+    pub(super) fn cmd<K: AsRef<str>, A: AsRef<str>>(&self, keys: &[K], args: &[A]) -> Cmd {
+        let mut c = redis::cmd("FCALL");
+        c.arg(&self.name).arg(keys.len());
+        for k in keys {
+            c.arg(k.as_ref());
+        }
+        for a in args {
+            c.arg(a.as_ref());
+        }
+        c
+    }
+}
+
+/// The placeholder for the library's name in its text before it is named.
+const LIB: &str = "@LIB@";
 
 impl Scripts {
     pub(super) fn new() -> Scripts {
-        let s = |body: &str| Script::new(&format!("{PRELUDE}{body}"));
+        let bodies = [
+            ("acquire", ACQUIRE),
+            ("release", RELEASE),
+            ("renew", RENEW),
+            ("force_release", FORCE_RELEASE),
+            ("inspect", INSPECT),
+        ];
+        let mut text = format!("#!lua name={LIB}\n{PRELUDE}");
+        for (name, body) in bodies {
+            text.push_str(&format!(
+                "redis.register_function('{LIB}_{name}', function(KEYS, ARGV)\nstart(ARGV)\n{body}\nend)\n"
+            ));
+        }
+        let hash = redis::Script::new(&text).get_hash().to_owned();
+        let lib = format!("hierlock_{}", &hash[..16]);
+        let f = |name: &str| Function {
+            name: format!("{lib}_{name}"),
+        };
         Scripts {
-            acquire: s(ACQUIRE),
-            release: s(RELEASE),
-            renew: s(RENEW),
-            force_release: s(FORCE_RELEASE),
-            inspect: s(INSPECT),
+            library: text.replace(LIB, &lib),
+            acquire: f("acquire"),
+            release: f("release"),
+            renew: f("renew"),
+            force_release: f("force_release"),
+            inspect: f("inspect"),
         }
     }
+
+    /// `FUNCTION LOAD REPLACE` of the library (in a cluster, routed to
+    /// every primary by the cluster client).
+    pub(super) fn load_cmd(&self) -> Cmd {
+        let mut c = redis::cmd("FUNCTION");
+        c.arg("LOAD").arg("REPLACE").arg(&self.library);
+        c
+    }
+}
+
+/// Whether `e` is the server's answer to an `FCALL` of a function it does
+/// not have (never loaded, or forgotten by a restart or `FUNCTION FLUSH`).
+pub(super) fn function_missing(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::ResponseError
+        && e.detail()
+            .is_some_and(|d| d.starts_with("Function not found"))
 }
 
 /// The scripts against a real `redis-server` (started here on a free
@@ -573,6 +642,24 @@ mod tests {
         k
     }
 
+    /// Calls `f` (loading the library if the server does not have it).
+    fn call<T: redis::FromRedisValue>(
+        con: &mut redis::Connection,
+        f: impl Fn(&Scripts) -> &Function,
+        keys: &[String],
+        args: &[String],
+    ) -> T {
+        let scripts = Scripts::new();
+        let cmd = f(&scripts).cmd(keys, args);
+        match cmd.query(con) {
+            Err(e) if function_missing(&e) => {
+                scripts.load_cmd().query::<()>(con).unwrap();
+                cmd.query(con).unwrap()
+            }
+            r => r.unwrap(),
+        }
+    }
+
     /// `{status, token or ticket, lease left or retry}`.
     fn acquire(
         con: &mut redis::Connection,
@@ -583,18 +670,22 @@ mod tests {
         ticket: i64,
         again: bool,
     ) -> Vec<i64> {
-        let scripts = Scripts::new();
-        let mut inv = scripts.acquire.prepare_invoke();
-        inv.key("{t}:token");
-        for k in keys(path) {
-            inv.key(k);
-        }
-        inv.arg(NP).arg(CP).arg(id).arg("me").arg(mode).arg(10_000);
-        inv.arg(if wait { "1" } else { "0" })
-            .arg(ticket)
-            .arg(10_000)
-            .arg(if again { "1" } else { "0" });
-        inv.invoke(con).unwrap()
+        let mut k = vec!["{t}:token".to_owned()];
+        k.extend(keys(path));
+        let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
+        let args = [
+            NP.to_owned(),
+            CP.to_owned(),
+            id.to_owned(),
+            "me".to_owned(),
+            mode.to_string(),
+            "10000".to_owned(),
+            flag(wait),
+            ticket.to_string(),
+            "10000".to_owned(),
+            flag(again),
+        ];
+        call(con, |s| &s.acquire, &k, &args)
     }
 
     fn field(con: &mut redis::Connection, key: &str, f: &str) -> Option<String> {
@@ -608,13 +699,8 @@ mod tests {
     }
 
     fn release(con: &mut redis::Connection, path: &[&str], id: &str, token: &str) -> i64 {
-        let scripts = Scripts::new();
-        let mut inv = scripts.release.prepare_invoke();
-        for k in keys(path) {
-            inv.key(k);
-        }
-        inv.arg(NP).arg(CP).arg(id).arg(token);
-        inv.invoke(con).unwrap()
+        let args = [NP, CP, id, token].map(str::to_owned);
+        call(con, |s| &s.release, &keys(path), &args)
     }
 
     #[test]
@@ -660,13 +746,9 @@ mod tests {
         assert_eq!(first[0], 1);
         // An operator frees /a: C's intention holds on / and /a are gone,
         // its X on /a/b is not.
-        let scripts = Scripts::new();
-        let mut inv = scripts.force_release.prepare_invoke();
-        for k in keys(&["a"]) {
-            inv.key(k);
-        }
-        inv.arg(NP).arg(CP);
-        assert_eq!(inv.invoke::<i64>(con).unwrap(), 1);
+        let args = [NP, CP].map(str::to_owned);
+        let n: i64 = call(con, |s| &s.force_release, &keys(&["a"]), &args);
+        assert_eq!(n, 1);
         assert!(field(con, "{t}:n:a/b", "h:C").is_some());
         // The same request again: not the old, broken hold but a new one.
         let again = acquire(con, &["a", "b"], "C", 4, false, 0, true);

@@ -50,10 +50,17 @@
 //! | `s` | `c0,c1,c2,c3,c4,w0,w1,w2,w3,w4,min,exp`: live-or-unpruned holds per mode (IS, IX, S, SIX, X), waiters per mode, a lower bound of every entry's deadline (0: none), and the key's expiry as last set (ms) |
 //! | `h:<holder id>` | `<mode>,<token>,<deadline ms>,<owner id>` — one hold (the node's mode, or an intention held for a lock below) |
 //! | `w:<holder id>` | `<mode>,<ticket>,<deadline ms>,<since ms>,<owner id>` — one waiter |
+//! | `z` | 80 dots, written whenever the node's entries reach a multiple of 16 (see below) |
 //!
 //! `s` is written first when the key is created, so it stays the first
 //! field of the hash: reading it is one lookup however many entries the
-//! node has (Redis keeps small hashes as lists scanned field by field).
+//! node has (Redis keeps small hashes as listpacks scanned field by
+//! field). Writing or removing an entry, though, scans every other entry
+//! of a listpack, and busy nodes (the root holds an intention for every
+//! lock of the namespace) would pay that on every acquire and release up
+//! to 512 fields; the field `z`, longer than the 64 bytes a listpack
+//! value may have, makes Redis turn such a node's hash into a hash table
+//! for good (until the key is deleted), where every field is one lookup.
 //!
 //! Modes are stored as 0..4 in the order of [`Mode::ALL`]; deadlines are
 //! milliseconds of the **server's** clock (`redis.call('TIME')`), so
@@ -265,12 +272,34 @@
 //! at depth 4, 1,024,000 / 1,003,000 -> 995,000 / 994,000 at depth 8:
 //! 20,000 to 30,000 fewer per call whatever the depth (about 10% at depth
 //! one). The 44 usec target is still not met: each further level costs about
-//! 105,000 instructions (its `HGET` and `HSET` and the Lua around them).
+//! 105,000 instructions (mostly listpack scans, see the next paragraph).
 //! The `redis_measure` run on the loaded machine (load average 3.5)
 //! printed 87 / 89, 162 / 158, 256 / 249 usec_per_call of `FCALL` at depth
 //! 1, 4, 8; alternating both versions on one server under the same load
 //! gave 70-117 / 63-71 usec against 76-141 / 92-129 at depth 1, and no
 //! difference outside the noise at depths 4 and 8.
+//!
+//! Two more changes found the per-level cost: Redis 7.0 keeps a hash of up
+//! to 512 short fields as a listpack, so with 500 holds below it every new
+//! or removed entry on the root (and on every shared ancestor) scanned
+//! about 500 fields, some 50,000 instructions each; the field `z` (see *Key
+//! layout*) now turns a node of 16 entries into a hash table. And the
+//! state's small numbers are formatted and parsed through tables built
+//! once per library load (Lua formats and parses numbers through
+//! sprintf/strtod). Same callgrind run, acquire / release: 222,000 /
+//! 214,000 at depth 1, 445,000 / 497,000 at depth 4, 748,000 / 889,000 at
+//! depth 8 (from 277,000 / 256,000, 598,000 / 575,000, 1,024,000 /
+//! 1,003,000 before the library: -20% / -16%, -26% / -14%, -27% / -11%).
+//! Old scripts and the final library alternated three times on one server
+//! under the same load (load average 3.1; PING/s about 40% below the
+//! quiet figure above), usec_per_call acquire / release: depth 1 141-145 /
+//! 131-142 -> 115-128 / 115-119, depth 4 274-282 / 265-284 -> 220-222 /
+//! 238-241, depth 8 428-466 / 450-500 -> 350-389 / 399-448. Scaled to the
+//! earlier run's 69 / 62 usec at depth 1 that is about 59 / 53 usec, so
+//! the 44 usec target is closer but still not met. What is left at depth
+//! 1 (about 220,000): about 38,000 for any `FCALL` with the client's I/O,
+//! about 8,000 per command the script runs (seven), and the Lua around
+//! them (the state is a 12-number string parsed and rebuilt per level).
 //!
 //! An uncontended `lock` no longer subscribes (it tries first and
 //! subscribes only when blocked), so an acquire + release is exactly the 2

@@ -16,7 +16,18 @@ const PRELUDE: &str = r#"
 -- Set by `start` at the beginning of every call: the key and channel
 -- prefixes and the server clock (ms and us).
 local NP, CP, NOW, NOW_US
+-- Built on the first call after a load (the library's top-level code
+-- cannot reach `string`): see `decode` and `store`.
+local STR, NUM, PAD
 local function start(ARGV)
+  if PAD == nil then
+    STR, NUM = {}, {}
+    for i = 0, 1023 do
+      local t = string.format('%d', i)
+      STR[i], NUM[t] = t, i
+    end
+    PAD = string.rep('.', 80)
+  end
   NP, CP = ARGV[1], ARGV[2]
   local t = redis.call('TIME')
   NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -57,8 +68,11 @@ end
 -- A node's state, the field `s` (the first field of the hash, so found at
 -- once): holders per mode, waiters per mode, a lower bound of every entry's
 -- deadline (0: none), and the expiry this script family set on the key.
-local SFMT = '%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d,%d'
 local SPAT = '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)$'
+
+-- Small counts as strings and back (built by `start` on the first call
+-- after a load): Lua 5.1 formats and parses numbers through sprintf and
+-- strtod, about a thousand instructions each, and a state has twelve.
 
 local function decode(key, s)
   local st = { key = key, c = { [0] = 0, 0, 0, 0, 0 }, w = { [0] = 0, 0, 0, 0, 0 }, x = 0 }
@@ -67,19 +81,28 @@ local function decode(key, s)
     if #v ~= 12 then fail(key, 's', 'unparsable state "' .. s .. '"') end
     local c, w = st.c, st.w
     for m = 0, 4 do
-      c[m] = tonumber(v[m + 1])
-      w[m] = tonumber(v[m + 6])
+      c[m] = NUM[v[m + 1]] or tonumber(v[m + 1])
+      w[m] = NUM[v[m + 6]] or tonumber(v[m + 6])
     end
-    local mn = tonumber(v[11])
+    local mn = NUM[v[11]] or tonumber(v[11])
     if mn > 0 then st.min = mn end
-    st.x = tonumber(v[12])
+    st.x = NUM[v[12]] or tonumber(v[12])
+    -- The deadline bound and expiry as read, reused by `encode` if unchanged.
+    st.rmin, st.smin, st.rx, st.sx = st.min, v[11], st.x, v[12]
   end
   return st
 end
 
 local function encode(st)
   local c, w = st.c, st.w
-  return string.format(SFMT, c[0], c[1], c[2], c[3], c[4], w[0], w[1], w[2], w[3], w[4], st.min or 0, st.x)
+  local smin, sx = st.smin, st.sx
+  if smin == nil or st.min ~= st.rmin then smin = STR[st.min or 0] or fmt(st.min) end
+  if sx == nil or st.x ~= st.rx then sx = STR[st.x] or fmt(st.x) end
+  return table.concat({
+    STR[c[0]] or fmt(c[0]), STR[c[1]] or fmt(c[1]), STR[c[2]] or fmt(c[2]),
+    STR[c[3]] or fmt(c[3]), STR[c[4]] or fmt(c[4]),
+    STR[w[0]] or fmt(w[0]), STR[w[1]] or fmt(w[1]), STR[w[2]] or fmt(w[2]),
+    STR[w[3]] or fmt(w[3]), STR[w[4]] or fmt(w[4]), smin, sx }, ',')
 end
 
 local function busy(st)
@@ -101,8 +124,21 @@ local function cover(st, dl)
   return false
 end
 
+-- Redis keeps a hash of at most 512 fields of at most 64 bytes as a
+-- listpack, scanned field by field to find (or to miss) a field: on a busy
+-- node (the root holds an intention for every lock in the namespace) every
+-- new or removed entry would cost a scan of all the others. One longer
+-- value turns the hash into a hash table for good, so a node is given the
+-- field `z` with `PAD` (80 bytes) whenever its entries reach a multiple of 16.
+
 -- HSET the state (first) and `fields` (a list), then the expiry if needed.
 local function store(st, fields, expire)
+  local c, w = st.c, st.w
+  local n = c[0] + c[1] + c[2] + c[3] + c[4] + w[0] + w[1] + w[2] + w[3] + w[4]
+  if n > 0 and n % 16 == 0 then
+    fields[#fields + 1] = 'z'
+    fields[#fields + 1] = PAD
+  end
   redis.call('HSET', st.key, 's', encode(st), unpack(fields))
   if expire then redis.call('PEXPIREAT', st.key, fmt(st.x)) end
 end
@@ -734,6 +770,35 @@ mod tests {
         assert_eq!(counts(con, "{t}:n:a"), "1,0,0,0,0,0,0,0,0,0");
         assert_eq!(counts(con, "{t}:n:a/b"), "0,0,1,0,0,0,0,0,0,0");
         assert_eq!(release(con, &["a", "b"], "B", &g[1].to_string()), 1);
+        let left: Vec<String> = redis::cmd("KEYS").arg("{t}:n:*").query(con).unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_busy_node_becomes_a_hash_table_and_still_empties() {
+        let (_srv, mut con) = Server::start();
+        let con = &mut con;
+        let encoding = |con: &mut redis::Connection| -> String {
+            redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg("{t}:n:")
+                .query(con)
+                .unwrap()
+        };
+        let mut held = Vec::new();
+        for i in 0..20 {
+            let (node, id) = (format!("n{i}"), format!("H{i}"));
+            let g = acquire(con, &[&node], &id, 2, false, 0, false);
+            assert_eq!(g[0], 1);
+            // The root's 16th entry comes with the padding field.
+            assert_eq!(encoding(con) == "hashtable", i >= 15, "{} holds", i + 1);
+            held.push((node, id, g[1]));
+        }
+        assert_eq!(counts(con, "{t}:n:"), "20,0,0,0,0,0,0,0,0,0");
+        assert_eq!(field(con, "{t}:n:", "z").map(|z| z.len()), Some(80));
+        for (node, id, token) in held {
+            assert_eq!(release(con, &[&node], &id, &token.to_string()), 1);
+        }
         let left: Vec<String> = redis::cmd("KEYS").arg("{t}:n:*").query(con).unwrap();
         assert!(left.is_empty(), "{left:?}");
     }

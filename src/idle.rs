@@ -36,7 +36,6 @@
 
 use std::collections::VecDeque;
 
-use crate::node::Node;
 use crate::sync::Mutex;
 use crate::table::NodeRef;
 
@@ -79,7 +78,8 @@ impl IdleCache {
 
     /// Puts `node`, whose word the caller just moved from 0 to `CACHED`,
     /// into the cache. Returns the node this pushed out, if the shard was
-    /// full: the caller must evict it (see [`IdleCache::evict`]).
+    /// full: the caller must settle it (`StateWord::uncache`, then unlink it
+    /// if that killed it).
     pub(crate) fn push(&self, node: NodeRef) -> Option<NodeRef> {
         let mut shard = self.shard(node).lock();
         let out = if shard.len() >= self.per_shard {
@@ -115,12 +115,5 @@ impl IdleCache {
                 .count();
         }
         (idle, all)
-    }
-
-    /// Settles a node popped from the cache: `true` if it was idle and is
-    /// now dead (the caller unlinks it), `false` if it is in use (its
-    /// `CACHED` bit is cleared, so its last release retires it again).
-    pub(crate) fn evict(node: &Node) -> bool {
-        node.state.uncache()
     }
 }

@@ -271,7 +271,7 @@ pub trait IntoPath<'a>: sealed::Sealed {
     fn into_parsed(self, sep: char, max_depth: usize) -> Result<ParsedPath<'a>, Error>;
 }
 
-fn too_deep(shown: impl FnOnce() -> String, depth: usize, max_depth: usize) -> Error {
+pub(crate) fn too_deep(shown: impl FnOnce() -> String, depth: usize, max_depth: usize) -> Error {
     Error::invalid_path(
         shown(),
         format!("{depth} components, more than the tree's max_depth of {max_depth}"),

@@ -34,7 +34,7 @@ use crate::future::LockFuture;
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
 use crate::park::Waiter;
-use crate::path::{IntoPath, ParsedPath, Path};
+use crate::path::{too_deep, IntoPath, ParsedPath, Path};
 use crate::table::NodeRef;
 use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
@@ -107,12 +107,10 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         let rel = rel.into_parsed(sep, tree.max_depth())?;
         let depth = base_depth + rel.depth;
         if depth > tree.max_depth() {
-            return Err(Error::invalid_path(
-                format!("{}{sep}{}", self.path(), rel.text),
-                format!(
-                    "{depth} components, more than the tree's max_depth of {}",
-                    tree.max_depth()
-                ),
+            return Err(too_deep(
+                || format!("{}{sep}{}", self.path(), rel.text),
+                depth,
+                tree.max_depth(),
             ));
         }
         if rel.depth == 0 {

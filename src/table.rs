@@ -387,7 +387,7 @@ impl Table {
         // SAFETY: popped from the cache and not settled yet: only the
         // popper kills a cached node, so it is alive.
         let n = unsafe { popped.get() };
-        if IdleCache::evict(n) {
+        if n.state.uncache() {
             self.evict(pin, n);
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hierlock::redis::RedisLockTree;
 use hierlock::{Error, Mode};
-use redis_support::RedisCluster;
+use redis_support::{eventually, RedisCluster};
 
 fn tree(c: &RedisCluster, ns: &str, lease: Duration) -> RedisLockTree {
     RedisLockTree::cluster_builder(c.urls())
@@ -31,14 +31,6 @@ fn namespace_on(c: &RedisCluster, prefix: &str, i: usize) -> String {
         .map(|n| format!("{prefix}{n}"))
         .find(|ns| c.owner(&format!("{{{ns}}}:token")) == i)
         .expect("a namespace on every node")
-}
-
-fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -6,11 +6,11 @@
 
 mod redis_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hierlock::redis::RedisLockTree;
 use hierlock::Mode;
-use redis_support::RedisServer;
+use redis_support::{eventually, RedisServer};
 
 /// The server's clients of one `CLIENT LIST TYPE` (normal, pubsub).
 fn clients(srv: &RedisServer, kind: &str) -> Vec<String> {
@@ -31,15 +31,6 @@ fn listeners(srv: &RedisServer, channel: &str) -> usize {
         .query(&mut srv.conn())
         .unwrap();
     r.1
-}
-
-/// Polls `cond` until it holds, for at most `limit`.
-fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

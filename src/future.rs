@@ -19,6 +19,7 @@ use std::task::{ready, Context, Poll};
 
 use smallvec::SmallVec;
 
+use crate::bias::Hold;
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
 use crate::park::Waiter;
@@ -85,7 +86,7 @@ impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
         loop {
             if let Some((node, m, waiter)) = &self.waiting {
                 ready!(waiter.poll_granted(cx));
-                self.held.push(*node, *m);
+                self.held.push(*node, *m, Hold::WORD);
                 self.waiting = None;
                 self.level += 1;
             }
@@ -110,9 +111,9 @@ impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
                 // SAFETY: pinned since the lookup (or by the prepared
                 // handle this future borrows).
                 let n = unsafe { node.get() };
-                match n.acquire(None, m, true, Waiter::for_task) {
-                    Ok(Acquire::Granted) => {
-                        self.held.push(node, m);
+                match n.acquire(None, m, true, Some(self.tree.table()), Waiter::for_task) {
+                    Ok(Acquire::Granted(hold)) => {
+                        self.held.push(node, m, hold);
                         self.level += 1;
                         break;
                     }

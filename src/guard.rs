@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::bias::Hold;
 use crate::node::Node;
 use crate::path::{IntoPath, ParsedPath, Path};
 use crate::table::NodeRef;
@@ -25,18 +26,24 @@ use crate::{Error, Mode};
 
 /// One level of a hold: a node pointer with the mode held there packed into
 /// its low bits (nodes are at least 8-byte aligned, so the low 3 bits of
-/// the address are always zero; checked below). Halves the size of a guard, which is moved
-/// around by value on every lock.
+/// the address are always zero; checked below), and where the hold lives:
+/// in the node's state word or in one of its bias slots (see `bias.rs`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Level(NonNull<Node>);
+struct Level(NonNull<Node>, Hold);
 
 const MODE_BITS: usize = 0b111;
 const _: () = assert!(std::mem::align_of::<Node>() > MODE_BITS);
 
 impl Level {
+    /// A hold in the state word.
     #[inline]
     fn new(node: NodeRef, mode: Mode) -> Self {
-        Level(node.as_non_null().map_addr(|a| a | mode as usize))
+        Level::with_hold(node, mode, Hold::WORD)
+    }
+
+    #[inline]
+    fn with_hold(node: NodeRef, mode: Mode, hold: Hold) -> Self {
+        Level(node.as_non_null().map_addr(|a| a | mode as usize), hold)
     }
 
     #[inline]
@@ -84,8 +91,22 @@ impl Held {
         self.levels.len()
     }
 
-    pub(crate) fn push(&mut self, node: NodeRef, mode: Mode) {
-        self.levels.push(Level::new(node, mode));
+    pub(crate) fn push(&mut self, node: NodeRef, mode: Mode, hold: Hold) {
+        self.levels.push(Level::with_hold(node, mode, hold));
+    }
+
+    /// Moves every hold that lives in a bias slot into its node's state
+    /// word (revoking the node's bias), so conversions work on the words
+    /// alone.
+    fn materialize(&mut self) {
+        for level in &mut self.levels {
+            if level.1.is_slot() {
+                let (node, mode) = level.get();
+                // SAFETY: held.
+                unsafe { node.get() }.revoke();
+                *level = Level::new(node, mode);
+            }
+        }
     }
 
     /// The mode held on the node itself.
@@ -104,6 +125,16 @@ impl Held {
         let mut pin = None;
         for level in self.levels.iter().rev() {
             let (node, mode) = level.get();
+            if level.1.is_slot() {
+                // SAFETY: held (in the slot, or folded into the word) until
+                // this CAS; no `&Node` is made.
+                if let Some(slots) = unsafe { node.slots() } {
+                    if slots.try_release(level.1, mode) {
+                        continue;
+                    }
+                }
+                // Folded: the hold is in the word.
+            }
             // One of several holds, nobody waiting: a single CAS and done,
             // with no epoch pin and no `&Node` that another thread's last
             // release could free under us.
@@ -126,6 +157,7 @@ impl Held {
         if target == current {
             return Ok(());
         }
+        self.materialize();
         let mut pin = tree.table().pin();
         let last = self.levels.len() - 1;
         let mut undo: SmallVec<[(usize, Mode); 8]> = SmallVec::new();
@@ -141,7 +173,7 @@ impl Held {
             }
             match tree.step(&mut pin, node, Some(from), to, wait) {
                 Ok(granted) => {
-                    debug_assert!(granted, "a held node cannot be dead");
+                    debug_assert!(granted.is_some(), "a held node cannot be dead");
                     self.levels[i] = Level::new(self.levels[i].node(), to);
                     undo.push((i, from));
                 }
@@ -171,6 +203,7 @@ impl Held {
         to: &ParsedPath<'_>,
         wait: Wait,
     ) -> Result<(), Error> {
+        self.materialize();
         let mode = self.mode();
         let need = |level: usize| {
             if level == to.depth {
@@ -214,12 +247,12 @@ impl Held {
                 loop {
                     let node = tree.node(&pin, name);
                     match tree.step(&mut pin, node, None, need(level), wait) {
-                        Ok(true) => {
-                            fresh.push(node, need(level));
+                        Ok(Some(hold)) => {
+                            fresh.push(node, need(level), hold);
                             break;
                         }
                         // SAFETY: pinned since the lookup.
-                        Ok(false) => tree.table().evict(&pin, unsafe { node.get() }),
+                        Ok(None) => tree.table().evict(&pin, unsafe { node.get() }),
                         Err(e) => {
                             result = Err(e);
                             break 'levels;
@@ -279,6 +312,7 @@ impl Held {
         if m == current {
             return Ok(());
         }
+        self.materialize();
         let pin = tree.table().pin();
         let last = self.levels.len() - 1;
         let (leaf, _) = self.levels[last].get();

@@ -112,9 +112,9 @@ impl LockTree {
     fn describe(&self, node: NodeRef) -> NodeInfo {
         // SAFETY: the callers are pinned since they looked the node up.
         let n = unsafe { node.get() };
-        let state = n.state.load();
         let mut granted = Vec::new();
-        let mut anonymous: [u64; 5] = Mode::ALL.map(|m| state.count(m));
+        // Holds in the state word and in bias slots alike.
+        let mut anonymous: [u64; 5] = n.counts();
         let mut owners = self.owners().all();
         owners.sort_by_key(|o| o.id);
         for owner in owners {
@@ -154,7 +154,7 @@ impl LockTree {
             path: n.path.clone(),
             granted,
             waiting,
-            prepared: n.pins(),
+            prepared: n.handles(),
         }
     }
 }

@@ -56,6 +56,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod bias;
 mod block;
 mod deadlock;
 mod error;
@@ -79,6 +80,7 @@ mod watch;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
+pub use bias::{Bias, MAX_BIASED};
 pub use error::Error;
 pub use future::{LockFuture, OwnedLockFuture};
 pub use guard::{Guard, OwnedGuard};

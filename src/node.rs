@@ -47,18 +47,19 @@ use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
+use crate::bias::{Bias, Class, Hold, Slots, FIRST_THRESHOLD, MAX_THRESHOLD};
 use crate::park::Waiter;
 use crate::path::Path;
-use crate::state::{ModeSet, Refusal, StateWord};
-use crate::sync::{Arc, AtomicU32, Mutex, Ordering};
-use crate::table::{Pin, Table};
+use crate::state::{Fast, ModeSet, Refusal, StateWord};
+use crate::sync::{Arc, AtomicPtr, AtomicU32, AtomicU8, Mutex, Ordering};
+use crate::table::{NodeRef, Pin, Table};
 use crate::{Error, Mode};
 
 /// The outcome of a request on one node.
 #[derive(Debug)]
 pub(crate) enum Acquire {
-    /// The request holds the node.
-    Granted,
+    /// The request holds the node, in its state word or in a slot.
+    Granted(Hold),
     /// The node was unlinked before the request got to it: look it up again.
     Dead,
     /// The request is queued; wait on the waiter, then cancel if giving up.
@@ -84,19 +85,209 @@ pub(crate) struct Node {
     pins: AtomicU32,
     /// The root is never unlinked.
     is_root: bool,
+    /// The per-core slots (see `bias.rs`), allocated under the queue lock
+    /// the first time the node is biased; freed with the node.
+    pub(crate) slots: AtomicPtr<Slots>,
+    /// The current bias class (`CLASS_*`); changed only under the queue
+    /// lock, meaningful while the word has `BIASED`.
+    class: AtomicU8,
+    /// Whether the tree's list of biased nodes holds one of `pins` (changed
+    /// only under the queue lock).
+    listed: AtomicU8,
+    /// Contended CASes by compatible modes since the last bias or revoke.
+    contended: AtomicU32,
+    /// How many contended CASes bias the node: 0 biases at once,
+    /// `u32::MAX` never.
+    threshold: AtomicU32,
 }
+
+const CLASS_IX: u8 = 0;
+const CLASS_S: u8 = 1;
 
 type Woken = SmallVec<[Arc<Waiter>; 4]>;
 
 impl Node {
-    pub(crate) fn new(path: Path, is_root: bool) -> Self {
+    pub(crate) fn new(path: Path, is_root: bool, bias: Bias) -> Self {
+        let threshold = match bias {
+            Bias::Never => u32::MAX,
+            Bias::Adaptive => FIRST_THRESHOLD,
+            Bias::Always => 0,
+        };
         Node {
             state: StateWord::new(),
             queue: Mutex::new(VecDeque::new()),
             path,
             pins: AtomicU32::new(0),
             is_root,
+            slots: AtomicPtr::new(std::ptr::null_mut()),
+            class: AtomicU8::new(CLASS_IX),
+            listed: AtomicU8::new(0),
+            contended: AtomicU32::new(0),
+            threshold: AtomicU32::new(threshold),
         }
+    }
+
+    /// The node's slots, if it was ever biased.
+    #[inline]
+    pub(crate) fn slots(&self) -> Option<&Slots> {
+        let p = self.slots.load(Ordering::Acquire);
+        // SAFETY: set once (under the queue lock) to a leaked `Box` that
+        // lives as long as the node (freed in `Drop`).
+        unsafe { p.as_ref() }
+    }
+
+    fn class(&self) -> Class {
+        match self.class.load(Ordering::Relaxed) {
+            CLASS_S => Class::Shared,
+            _ => Class::IntentionExclusive,
+        }
+    }
+
+    /// Notes a contended CAS by a compatible `m` on the word; biases the
+    /// node once there were enough.
+    #[cold]
+    fn contended(&self, m: Mode, table: &Table) {
+        let threshold = self.threshold.load(Ordering::Relaxed);
+        if threshold == u32::MAX {
+            return;
+        }
+        let seen = self.contended.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen >= threshold {
+            self.bias(m, table);
+        }
+    }
+
+    /// Biases the node toward the class of `m` (see `bias.rs`), and puts it
+    /// on the tree's list of biased nodes. The caller holds the node.
+    #[cold]
+    fn bias(&self, m: Mode, table: &Table) {
+        let newly_listed = {
+            let queue = self.queue.lock();
+            self.contended.store(0, Ordering::Relaxed);
+            if !queue.is_empty() {
+                return;
+            }
+            let s = self.state.load();
+            let class = if m == Mode::S || (m == Mode::IS && s.count(Mode::S) > 0) {
+                Class::Shared
+            } else {
+                Class::IntentionExclusive
+            };
+            let mut slots = self.slots.load(Ordering::Relaxed);
+            if slots.is_null() {
+                slots = Box::into_raw(Box::new(Slots::new()));
+                self.slots.store(slots, Ordering::Release);
+            }
+            if !self.state.try_bias(class) {
+                return;
+            }
+            self.class.store(
+                match class {
+                    Class::Shared => CLASS_S,
+                    Class::IntentionExclusive => CLASS_IX,
+                },
+                Ordering::Relaxed,
+            );
+            // SAFETY: allocated above or earlier, freed only with the node.
+            unsafe { &*slots }.activate(class);
+            if self.listed.load(Ordering::Relaxed) != 0 {
+                false
+            } else {
+                let pins = self.pins.load(Ordering::Relaxed);
+                if pins == u32::MAX {
+                    // No room to keep it listed: undo.
+                    self.revoke_locked();
+                    return;
+                }
+                if pins == 0 {
+                    let pinned = self.state.try_set_pinned();
+                    debug_assert!(pinned, "a held node is not dead");
+                }
+                self.pins.store(pins + 1, Ordering::Relaxed);
+                self.listed.store(1, Ordering::Relaxed);
+                true
+            }
+        };
+        if newly_listed {
+            if let Some(out) = table.list_biased(NodeRef::from_ref(self)) {
+                // SAFETY: listed nodes are pinned by the list until unlisted.
+                unsafe { out.get() }.unlist(table, &table.pin());
+            }
+        }
+    }
+
+    /// Ends the bias, if any, folding every slot hold into the word. Call
+    /// under the queue lock.
+    fn revoke_locked(&self) {
+        if !self.state.load().is_biased() {
+            return;
+        }
+        let class = self.class();
+        let slots = self.slots().expect("a biased node has slots");
+        slots.fold(
+            |is, n| self.state.fold(class, is, n, false),
+            |is, n| self.state.fold(class, is, n, true),
+        );
+        self.state.unbias(class);
+        self.contended.store(0, Ordering::Relaxed);
+        let t = self.threshold.load(Ordering::Relaxed);
+        if t != 0 && t != u32::MAX {
+            self.threshold
+                .store(t.saturating_mul(2).min(MAX_THRESHOLD), Ordering::Relaxed);
+        }
+    }
+
+    /// Ends the bias, if any: every hold then lives in the state word.
+    pub(crate) fn revoke(&self) {
+        if self.state.load().is_biased() {
+            let _queue = self.queue.lock();
+            self.revoke_locked();
+        }
+    }
+
+    /// Takes the node off the tree's list of biased nodes: revokes the bias
+    /// and drops the list's pin (unlinking the node if nothing else uses
+    /// it).
+    pub(crate) fn unlist(&self, table: &Table, pin: &Pin) {
+        {
+            let _queue = self.queue.lock();
+            self.revoke_locked();
+            debug_assert_eq!(self.listed.load(Ordering::Relaxed), 1);
+            self.listed.store(0, Ordering::Relaxed);
+        }
+        self.unpin(table, pin);
+    }
+
+    /// The holders of each mode, slots included, the phantom left out (a
+    /// snapshot for introspection).
+    pub(crate) fn counts(&self) -> [u64; 5] {
+        let s = self.state.load();
+        let mut counts = Mode::ALL.map(|m| s.count(m));
+        if s.is_biased() {
+            let phantom = self.class().phantom();
+            counts[phantom as usize] -= 1;
+            if let Some(slots) = self.slots() {
+                let (is, n) = slots.totals();
+                counts[Mode::IS as usize] += is;
+                counts[phantom as usize] += n;
+            }
+        }
+        counts
+    }
+
+    /// Prepared handles keeping the node (the biased list's pin left out).
+    pub(crate) fn handles(&self) -> u32 {
+        self.pins() - u32::from(self.listed.load(Ordering::Relaxed))
+    }
+
+    /// Nothing holds, awaits or prepares the node: only the biased list
+    /// keeps it.
+    pub(crate) fn kept_only_by_bias(&self) -> bool {
+        !self.is_root
+            && self.listed.load(Ordering::Relaxed) != 0
+            && self.handles() == 0
+            && !self.state.load().is_waiting()
+            && self.counts().iter().all(|&c| c == 0)
     }
 
     /// Adds a prepared handle's pin. `Ok(false)`: the node is dead, look it
@@ -140,20 +331,51 @@ impl Node {
 
     /// Requests `to` (converting from `from` when the caller already holds
     /// the node). `make_waiter` builds the waiter record if it must queue.
+    /// With `table`, a new hold may go through the node's slots (and the
+    /// node may become biased); without, it is always in the state word.
     #[inline]
     pub(crate) fn acquire(
         &self,
         from: Option<Mode>,
         to: Mode,
         may_wait: bool,
+        table: Option<&Table>,
         make_waiter: impl FnOnce(Option<Mode>, Mode) -> Waiter,
     ) -> Result<Acquire, Error> {
-        let fast = match from {
-            None => self.state.try_acquire_fast(to),
-            Some(f) => self.state.try_convert_fast(f, to),
-        };
-        if fast {
-            return Ok(Acquire::Granted);
+        match from {
+            None => match self.state.try_acquire_fast(to, table.is_some()) {
+                Fast::Granted => {
+                    if let Some(table) = table {
+                        if self.threshold.load(Ordering::Relaxed) == 0 {
+                            self.contended(to, table);
+                        }
+                    }
+                    return Ok(Acquire::Granted(Hold::WORD));
+                }
+                Fast::Contended => {
+                    if let Some(table) = table {
+                        self.contended(to, table);
+                    }
+                    return Ok(Acquire::Granted(Hold::WORD));
+                }
+                Fast::Biased => {
+                    if let Some(hold) = self.slots().and_then(|s| s.try_acquire(to)) {
+                        return Ok(Acquire::Granted(hold));
+                    }
+                    if matches!(
+                        self.state.try_acquire_fast(to, false),
+                        Fast::Granted | Fast::Contended
+                    ) {
+                        return Ok(Acquire::Granted(Hold::WORD));
+                    }
+                }
+                Fast::Refused => {}
+            },
+            Some(f) => {
+                if self.state.try_convert_fast(f, to) {
+                    return Ok(Acquire::Granted(Hold::WORD));
+                }
+            }
         }
         self.acquire_slow(from, to, may_wait, make_waiter)
     }
@@ -167,6 +389,9 @@ impl Node {
         make_waiter: impl FnOnce(Option<Mode>, Mode) -> Waiter,
     ) -> Result<Acquire, Error> {
         let mut queue = self.queue.lock();
+        // Decide on exact counts, and never queue on a biased node (a
+        // release through a slot would not see WAITING).
+        self.revoke_locked();
         let mut ahead = ModeSet::default();
         for w in queue.iter() {
             // A conversion is admitted on the holders alone (see the
@@ -178,7 +403,7 @@ impl Node {
         let queue_admits = ahead.compatible_with(to);
         if queue_admits {
             match self.state.try_grant(from, to) {
-                Ok(_) => return Ok(Acquire::Granted),
+                Ok(_) => return Ok(Acquire::Granted(Hold::WORD)),
                 Err(Refusal::Dead) => return Ok(Acquire::Dead),
                 Err(Refusal::Full) => return Err(Error::TooManyHolders),
                 Err(Refusal::Conflict) => {}
@@ -211,7 +436,7 @@ impl Node {
             Ok(true) => {
                 // A release slipped in between the first check and the CAS.
                 queue.remove(pos);
-                Ok(Acquire::Granted)
+                Ok(Acquire::Granted(Hold::WORD))
             }
             Err(_) => {
                 // Dead: only possible with an empty queue, which `pos == 0`
@@ -242,6 +467,8 @@ impl Node {
         table: &Table,
         pin: &Pin,
     ) -> Result<(), Error> {
+        // Exact counts and the full headroom for `to`.
+        self.revoke();
         let after = self
             .state
             .downgrade(from, to)
@@ -334,6 +561,7 @@ impl Node {
     /// Whether a new request for `m` would be granted now (holders and the
     /// queue both admit it), without taking anything.
     pub(crate) fn admits(&self, m: Mode) -> bool {
+        self.revoke();
         let s = self.state.load();
         if s.is_dead() {
             return true; // nobody holds it; a fresh node will be made
@@ -352,6 +580,8 @@ impl Node {
     /// unless the node already admits `m` (then `false`, nothing queued).
     pub(crate) fn watch(&self, watcher: &Arc<Waiter>) -> bool {
         let mut queue = self.queue.lock();
+        // A release through a slot would not see WAITING.
+        self.revoke_locked();
         let s = self.state.load();
         if s.is_dead()
             || (s.grant(None, watcher.target).is_ok() && self.queue_admits(&queue, watcher.target))
@@ -382,6 +612,16 @@ impl Node {
         }
         if !self.is_root && self.state.load().is_idle() {
             table.unlink(pin, self);
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let p = self.slots.load(Ordering::Relaxed);
+        if !p.is_null() {
+            // SAFETY: made by `Box::into_raw` in `bias`, owned by the node.
+            drop(unsafe { Box::from_raw(p) });
         }
     }
 }

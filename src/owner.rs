@@ -491,11 +491,12 @@ impl<'t> Owner<'t> {
                 return Ok(());
             }
             let may_wait = matches!(patience, Patience::Wait);
-            let outcome = n.acquire(from, target, may_wait, |f, t| {
+            // Owners count their holds per node; they stay in the word.
+            let outcome = n.acquire(from, target, may_wait, None, |f, t| {
                 Waiter::for_owner_task(f, t, self.shared.id)
             });
             match outcome {
-                Ok(Acquire::Granted) => {
+                Ok(Acquire::Granted(_)) => {
                     hold.held = Some(target);
                     count(hold, m, leaf);
                     taken.push(node, m, leaf);

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::bias::Hold;
 use crate::future::LockFuture;
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
@@ -177,17 +178,23 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             // SAFETY: pinned by this handle (or the root) for as long as
             // `self` is borrowed.
             let n = unsafe { node.get() };
-            let granted = match n.acquire(None, m, wait.may_wait(), Waiter::for_thread) {
-                Ok(Acquire::Granted) => Ok(()),
+            let granted = match n.acquire(
+                None,
+                m,
+                wait.may_wait(),
+                Some(tree.table()),
+                Waiter::for_thread,
+            ) {
+                Ok(Acquire::Granted(hold)) => Ok(hold),
                 Ok(Acquire::Wait(waiter)) => {
                     let mut pin = tree.table().pin();
-                    tree.park(&mut pin, n, waiter, wait).map(|_| ())
+                    tree.park(&mut pin, n, waiter, wait).map(|_| Hold::WORD)
                 }
                 Ok(Acquire::Dead) => unreachable!("a pinned node is never marked dead"),
                 Err(e) => Err(e),
             };
             match granted {
-                Ok(()) => held.push(node, m),
+                Ok(hold) => held.push(node, m, hold),
                 Err(e) => {
                     held.release(tree);
                     return Err(e);

@@ -4,11 +4,11 @@
 //! # Layout
 //!
 //! ```text
-//!     63     62    61   60      59  58   57 ........ 40  39 ........ 20  19 ......... 0
-//! +------+------+----+-------+---+----+--------------+---------------+--------------+
-//! |CACHED|PINNED|DEAD|WAITING| X |SIX |   S count    |   IX count    |   IS count   |
-//! +------+------+----+-------+---+----+--------------+---------------+--------------+
-//!    1      1     1     1      1   1      18 bits         20 bits         20 bits
+//!     63     62    61   60      59  58    57    56 ....... 40  39 ........ 20  19 ......... 0
+//! +------+------+----+-------+---+----+------+-------------+---------------+--------------+
+//! |CACHED|PINNED|DEAD|WAITING| X |SIX |BIASED|   S count   |   IX count    |   IS count   |
+//! +------+------+----+-------+---+----+------+-------------+---------------+--------------+
+//!    1      1     1     1      1   1     1       17 bits         20 bits         20 bits
 //! ```
 //!
 //! - `IS`/`IX`/`S` count the holders of each shared-ish mode. A count at its
@@ -32,6 +32,14 @@
 //!   mode, but keeps the word non-zero, so the node is never marked dead and
 //!   its pointer stays valid without an epoch pin. It is set and cleared
 //!   only under the queue's lock, by the handle count's 0 <-> 1 transitions.
+//! - `BIASED` is set while the node takes holds of one class of modes
+//!   through per-core slots (see `bias.rs`); the word then also counts one
+//!   phantom holder of the class's stronger mode (IX or S), so every request
+//!   that conflicts with the class sees a conflict here and goes to the slow
+//!   path, which revokes the bias. Set and cleared only under the queue
+//!   lock; never set together with `WAITING`. While it is set the class's
+//!   counts in the word stay `bias::HEADROOM` below their maximum, so a
+//!   fold of the slots always fits.
 //! - `CACHED` is set exactly while the node sits in the tree's idle-node
 //!   cache (see `idle.rs`): set by the CAS `0 -> CACHED` of whoever made the
 //!   node idle, cleared (or turned into `DEAD`) only by whoever pops it from
@@ -43,6 +51,7 @@
 //!
 //! [`Error::TooManyHolders`]: crate::Error::TooManyHolders
 
+use crate::bias::{Class, HEADROOM};
 use crate::sync::{AtomicU64, Ordering};
 use crate::Mode;
 
@@ -54,7 +63,7 @@ const S_SHIFT: u32 = 40;
 const IS_ONE: u64 = 1 << IS_SHIFT;
 /// One IX holder. The IX count lives in bits 20..40.
 const IX_ONE: u64 = 1 << IX_SHIFT;
-/// One S holder. The S count lives in bits 40..58.
+/// One S holder. The S count lives in bits 40..57.
 const S_ONE: u64 = 1 << S_SHIFT;
 
 /// All IS count bits; equal to it when the count is at its maximum.
@@ -62,7 +71,9 @@ const IS_MASK: u64 = ((1 << 20) - 1) << IS_SHIFT;
 /// All IX count bits.
 const IX_MASK: u64 = ((1 << 20) - 1) << IX_SHIFT;
 /// All S count bits.
-const S_MASK: u64 = ((1 << 18) - 1) << S_SHIFT;
+const S_MASK: u64 = ((1 << 17) - 1) << S_SHIFT;
+/// Set while the node is biased toward one class of modes (see `bias.rs`).
+pub(crate) const BIASED: u64 = 1 << 57;
 /// Set while one holder holds SIX (at most one can: SIX conflicts with SIX).
 const SIX_BIT: u64 = 1 << 58;
 /// Set while one holder holds X.
@@ -84,7 +95,7 @@ const HOLDERS: u64 = IS_MASK | IX_MASK | S_MASK | SIX_BIT | X_BIT;
 /// The largest count of IS or IX holders on one node.
 pub const MAX_INTENTION_HOLDERS: u64 = (1 << 20) - 1;
 /// The largest count of S holders on one node.
-pub const MAX_SHARED_HOLDERS: u64 = (1 << 18) - 1;
+pub const MAX_SHARED_HOLDERS: u64 = (1 << 17) - 1;
 
 /// The bits that count holders of `m` (a single bit for SIX and X).
 const fn field(m: Mode) -> u64 {
@@ -121,6 +132,26 @@ const fn conflicts(m: Mode) -> u64 {
     }
     mask
 }
+
+/// The largest value of `m`'s field a biased word may reach through its
+/// own grants: `HEADROOM` below the maximum, so folding the slots fits.
+const fn biased_cap(m: Mode) -> u64 {
+    match m {
+        Mode::IS => (MAX_INTENTION_HOLDERS - HEADROOM) << IS_SHIFT,
+        Mode::IX => (MAX_INTENTION_HOLDERS - HEADROOM) << IX_SHIFT,
+        Mode::S => (MAX_SHARED_HOLDERS - HEADROOM) << S_SHIFT,
+        // Never admitted by a bias class: the phantom conflicts with them.
+        Mode::SIX | Mode::X => u64::MAX,
+    }
+}
+
+const BIASED_CAP: [u64; 5] = [
+    biased_cap(Mode::IS),
+    biased_cap(Mode::IX),
+    biased_cap(Mode::S),
+    biased_cap(Mode::SIX),
+    biased_cap(Mode::X),
+];
 
 const CONFLICTS: [u64; 5] = [
     conflicts(Mode::IS),
@@ -159,6 +190,10 @@ impl State {
         self.0 & DEAD != 0
     }
 
+    pub(crate) fn is_biased(self) -> bool {
+        self.0 & BIASED != 0
+    }
+
     /// In the idle cache with nobody holding, waiting or keeping it.
     pub(crate) fn is_cached_idle(self) -> bool {
         self.0 == CACHED
@@ -190,6 +225,10 @@ impl State {
         }
         if base & field(to) == field(to) {
             // Only reachable for counters: a set SIX/X bit is a conflict.
+            return Err(Refusal::Full);
+        }
+        if base & BIASED != 0 && base & field(to) >= BIASED_CAP[to as usize] {
+            // The slow path revokes the bias, then decides exactly.
             return Err(Refusal::Full);
         }
         Ok(State(base + one(to)))
@@ -229,20 +268,39 @@ impl StateWord {
     }
 
     /// The fast path: grant `m` if it is compatible with every holder, the
-    /// counter has room, and nobody waits. One CAS when uncontended.
+    /// counter has room, and nobody waits. One CAS when uncontended. On a
+    /// biased word that admits `m`, returns [`Fast::Biased`] if
+    /// `prefer_slots` (the caller tries its slot first), and otherwise
+    /// grants in the word within the bias headroom.
     #[inline]
-    pub(crate) fn try_acquire_fast(&self, m: Mode) -> bool {
+    pub(crate) fn try_acquire_fast(&self, m: Mode, prefer_slots: bool) -> Fast {
         let mut s = self.0.load(Ordering::Relaxed);
+        let mut contended = false;
         loop {
-            if s & (CONFLICTS[m as usize] | WAITING | DEAD) != 0 || s & field(m) == field(m) {
-                return false;
+            if s & (CONFLICTS[m as usize] | WAITING | DEAD | BIASED) != 0
+                || s & field(m) == field(m)
+            {
+                if s & (CONFLICTS[m as usize] | WAITING | DEAD) != 0 || s & field(m) == field(m) {
+                    return Fast::Refused;
+                }
+                // Biased, in a class that admits `m`.
+                if prefer_slots {
+                    return Fast::Biased;
+                }
+                if s & field(m) >= BIASED_CAP[m as usize] {
+                    return Fast::Refused;
+                }
             }
             match self
                 .0
                 .compare_exchange_weak(s, s + one(m), Ordering::Acquire, Ordering::Relaxed)
             {
-                Ok(_) => return true,
-                Err(now) => s = now,
+                Ok(_) if contended => return Fast::Contended,
+                Ok(_) => return Fast::Granted,
+                Err(now) => {
+                    contended = true;
+                    s = now;
+                }
             }
         }
     }
@@ -459,6 +517,58 @@ impl StateWord {
         }
     }
 
+    /// Biases the word toward `class`: sets `BIASED` and adds the class's
+    /// phantom holder. Refused (`false`) if a holder conflicts with the
+    /// phantom, anyone waits, the node is dead or biased already, or the
+    /// class's counts are too close to their maximum. Call under the queue
+    /// lock, then activate the slots.
+    pub(crate) fn try_bias(&self, class: Class) -> bool {
+        let p = class.phantom();
+        let mut s = self.0.load(Ordering::Relaxed);
+        loop {
+            if s & (CONFLICTS[p as usize] | WAITING | DEAD | BIASED) != 0
+                || s & field(p) >= BIASED_CAP[p as usize]
+                || s & IS_MASK >= BIASED_CAP[Mode::IS as usize]
+            {
+                return false;
+            }
+            match self.0.compare_exchange_weak(
+                s,
+                (s + one(p)) | BIASED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Adds (or, with `back`, takes out) holds folded from a slot: `is`
+    /// holds of IS and `class` of the class's phantom mode. Call under the
+    /// queue lock on a biased word (the headroom makes room).
+    pub(crate) fn fold(&self, class: Class, is: u64, n: u64, back: bool) {
+        let delta = is * IS_ONE + n * one(class.phantom());
+        if delta == 0 {
+            return;
+        }
+        if back {
+            self.0.fetch_sub(delta, Ordering::AcqRel);
+        } else {
+            self.0.fetch_add(delta, Ordering::AcqRel);
+        }
+    }
+
+    /// Ends the bias after the slots were folded: takes out the phantom
+    /// holder and `BIASED`; returns the word after. Call under the queue
+    /// lock.
+    pub(crate) fn unbias(&self, class: Class) -> State {
+        let delta = one(class.phantom()) + BIASED;
+        let prev = self.0.fetch_sub(delta, Ordering::AcqRel);
+        debug_assert!(prev & BIASED != 0, "unbiasing a word not biased");
+        State(prev - delta)
+    }
+
     /// Marks an idle node dead. Fails if anyone holds it, waits on it, or
     /// it is already dead.
     pub(crate) fn try_kill(&self) -> bool {
@@ -466,6 +576,19 @@ impl StateWord {
             .compare_exchange(0, DEAD, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
     }
+}
+
+/// The fast path's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fast {
+    /// Granted in the word at the first CAS.
+    Granted,
+    /// Granted in the word after losing CASes to other threads.
+    Contended,
+    /// The word is biased toward a class that admits the mode: try a slot.
+    Biased,
+    /// Not granted: take the slow path.
+    Refused,
 }
 
 /// A set of modes, for "is this request compatible with every waiter ahead
@@ -489,6 +612,13 @@ impl ModeSet {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+
+    fn fast(w: &StateWord, m: Mode) -> bool {
+        matches!(
+            w.try_acquire_fast(m, false),
+            Fast::Granted | Fast::Contended
+        )
+    }
     use proptest::prelude::*;
 
     fn word(counts: [u64; 5]) -> State {
@@ -497,7 +627,10 @@ mod tests {
 
     #[test]
     fn fields_do_not_overlap_and_fit() {
-        let all = [IS_MASK, IX_MASK, S_MASK, SIX_BIT, X_BIT, WAITING, DEAD];
+        assert_eq!(HOLDERS & BIASED, 0);
+        let all = [
+            IS_MASK, IX_MASK, S_MASK, BIASED, SIX_BIT, X_BIT, WAITING, DEAD, PINNED, CACHED,
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_eq!(a & b, 0);
@@ -538,7 +671,7 @@ mod tests {
         assert_eq!(s.grant(None, Mode::S), Err(Refusal::Full));
         assert_eq!(s.grant(None, Mode::IS).unwrap().count(Mode::IS), 1);
         let w = StateWord(AtomicU64::new(s.0));
-        assert!(!w.try_acquire_fast(Mode::S));
+        assert!(!fast(&w, Mode::S));
         assert_eq!(w.load(), s);
         let s = State(MAX_INTENTION_HOLDERS * IX_ONE);
         assert_eq!(s.grant(None, Mode::IX), Err(Refusal::Full));
@@ -547,15 +680,15 @@ mod tests {
     #[test]
     fn waiting_and_dead_block_the_fast_path() {
         let w = StateWord::new();
-        assert!(w.try_acquire_fast(Mode::IS));
+        assert!(fast(&w, Mode::IS));
         assert!(w.set_waiting_or_grant(None, Mode::X, true).is_ok());
         assert!(w.load().is_waiting());
-        assert!(!w.try_acquire_fast(Mode::IS));
+        assert!(!fast(&w, Mode::IS));
         assert!(!w.try_convert_fast(Mode::IS, Mode::IX));
         w.release(Mode::IS);
         assert_eq!(w.clear_waiting(), State(0));
         assert!(w.try_kill());
-        assert!(!w.try_acquire_fast(Mode::IS));
+        assert!(!fast(&w, Mode::IS));
         assert_eq!(w.try_grant(None, Mode::IS), Err(Refusal::Dead));
         assert!(!w.try_kill());
     }
@@ -563,9 +696,9 @@ mod tests {
     #[test]
     fn debug_shows_every_field() {
         let w = StateWord::new();
-        assert!(w.try_acquire_fast(Mode::IS));
-        assert!(w.try_acquire_fast(Mode::IS));
-        assert!(w.try_acquire_fast(Mode::SIX));
+        assert!(fast(&w, Mode::IS));
+        assert!(fast(&w, Mode::IS));
+        assert!(fast(&w, Mode::SIX));
         assert_eq!(
             format!("{:?}", w.load()),
             "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, waiting: false, dead: false, pinned: false, cached: false }"
@@ -586,10 +719,10 @@ mod tests {
         assert!(!w.load().is_idle());
         // Reused while cached: every mode, and a release needs no follow-up.
         for m in Mode::ALL {
-            assert!(w.try_acquire_fast(m));
+            assert!(fast(&w, m));
             assert!(w.try_release_shared(m));
         }
-        assert!(w.try_acquire_fast(Mode::X));
+        assert!(fast(&w, Mode::X));
         // Popped while in use: the bit goes, the holder stays.
         assert!(!w.uncache());
         assert_eq!(w.load().count(Mode::X), 1);
@@ -597,7 +730,7 @@ mod tests {
         assert!(w.try_cache());
         assert!(w.uncache(), "popped while idle: dead");
         assert!(w.load().is_dead());
-        assert!(!w.try_acquire_fast(Mode::IS));
+        assert!(!fast(&w, Mode::IS));
     }
 
     #[test]
@@ -607,7 +740,7 @@ mod tests {
         assert!(!w.load().is_idle());
         assert!(!w.try_kill(), "a pinned node must not die");
         for m in Mode::ALL {
-            assert!(w.try_acquire_fast(m), "{m} refused on a pinned node");
+            assert!(fast(&w, m), "{m} refused on a pinned node");
             // Releasing the only hold of a pinned node needs no follow-up.
             assert!(w.try_release_shared(m));
         }
@@ -641,7 +774,7 @@ mod tests {
             let w = StateWord(AtomicU64::new(st.0));
             if let Ok(next) = st.grant(None, m) {
                 prop_assert_eq!(next.count(m), st.count(m) + 1);
-                prop_assert!(w.try_acquire_fast(m));
+                prop_assert!(fast(&w, m));
                 prop_assert_eq!(w.release(m), st);
             }
         }

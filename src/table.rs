@@ -48,10 +48,14 @@
 
 use std::ptr::NonNull;
 
+use std::collections::VecDeque;
+
+use crate::bias::{Bias, Slots, MAX_BIASED};
 use crate::idle::IdleCache;
 use crate::node::Node;
 use crate::path::Path;
 use crate::state::StateWord;
+use crate::sync::{Mutex, Ordering};
 
 /// A pointer to a live node.
 ///
@@ -98,6 +102,22 @@ impl NodeRef {
         // SAFETY: by the caller's contract the node is alive now; the
         // place is projected from the raw pointer, so no `&Node` is made.
         unsafe { &(*self.0.as_ptr()).state }
+    }
+
+    /// The node's slots, without making a reference to the whole node (as
+    /// for [`NodeRef::state`]: a release through a slot may be the last
+    /// thing this thread does with the node).
+    ///
+    /// # Safety
+    ///
+    /// As for [`NodeRef::get`], at the time of the call.
+    #[inline]
+    pub(crate) unsafe fn slots<'a>(self) -> Option<&'a Slots> {
+        // SAFETY: by the caller's contract the node is alive now; the
+        // place is projected from the raw pointer, so no `&Node` is made.
+        let p = unsafe { &(*self.0.as_ptr()).slots }.load(Ordering::Acquire);
+        // SAFETY: the slots live as long as the node (see `Node::slots`).
+        unsafe { p.as_ref() }
     }
 
     /// The node.
@@ -175,15 +195,19 @@ mod imp {
     pub(crate) struct Table {
         map: DashMap<NodeKey, (), foldhash::fast::RandomState>,
         pub(super) idle: IdleCache,
+        pub(super) biased: Mutex<VecDeque<NodeRef>>,
+        pub(super) bias: Bias,
     }
 
     impl Table {
-        pub(crate) fn new(idle_capacity: usize) -> Self {
+        pub(crate) fn new(idle_capacity: usize, bias: Bias) -> Self {
             // More shards than dashmap's default (4 x cores) so unrelated
             // paths rarely share a shard lock's cache line.
             Table {
                 map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
                 idle: IdleCache::new(idle_capacity),
+                biased: Mutex::new(VecDeque::new()),
+                bias,
             }
         }
 
@@ -217,6 +241,7 @@ mod imp {
             let fresh = NodeRef(NonNull::from(Box::leak(Box::new(Node::new(
                 Path::from_normalized(name, sep),
                 false,
+                self.bias,
             )))));
             match self.map.entry(NodeKey(fresh)) {
                 Entry::Occupied(o) => {
@@ -299,14 +324,18 @@ mod imp {
         map: Mutex<HashMap<Box<str>, NodeRef>>,
         graveyard: Mutex<Vec<NodeRef>>,
         pub(super) idle: IdleCache,
+        pub(super) biased: Mutex<VecDeque<NodeRef>>,
+        pub(super) bias: Bias,
     }
 
     impl Table {
-        pub(crate) fn new(idle_capacity: usize) -> Self {
+        pub(crate) fn new(idle_capacity: usize, bias: Bias) -> Self {
             Table {
                 map: Mutex::new(HashMap::new()),
                 graveyard: Mutex::new(Vec::new()),
                 idle: IdleCache::new(idle_capacity),
+                biased: Mutex::new(VecDeque::new()),
+                bias,
             }
         }
 
@@ -330,6 +359,7 @@ mod imp {
             let fresh = NodeRef(NonNull::from(Box::leak(Box::new(Node::new(
                 Path::from_normalized(name, sep),
                 false,
+                self.bias,
             )))));
             map.insert(name.into(), fresh);
             fresh
@@ -392,11 +422,41 @@ impl Table {
         }
     }
 
-    /// Empties the idle cache, freeing every cached node nobody uses.
+    /// Revokes every biased node (see `bias.rs`), then empties the idle
+    /// cache, freeing every cached node nobody uses.
     pub(crate) fn purge_idle(&self, pin: &Pin) {
+        let biased: Vec<NodeRef> = self.biased.lock().drain(..).collect();
+        for n in biased {
+            // SAFETY: listed nodes are pinned by the list until unlisted.
+            unsafe { n.get() }.unlist(self, pin);
+        }
         for n in self.idle.drain() {
             self.settle(pin, n);
         }
+    }
+
+    /// Puts a node just biased on the list of biased nodes; returns the
+    /// oldest one if the list is full (the caller unlists it).
+    pub(crate) fn list_biased(&self, node: NodeRef) -> Option<NodeRef> {
+        let mut list = self.biased.lock();
+        list.push_back(node);
+        if list.len() > MAX_BIASED {
+            list.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// The listed nodes nothing but the list keeps (neither held, awaited
+    /// nor prepared).
+    pub(crate) fn kept_only_by_bias(&self) -> usize {
+        self.biased
+            .lock()
+            .iter()
+            // SAFETY: listed nodes are pinned by the list; the list lock
+            // keeps them listed while we look.
+            .filter(|n| unsafe { n.get() }.kept_only_by_bias())
+            .count()
     }
 
     /// The cached nodes that are idle right now, and all cached nodes.

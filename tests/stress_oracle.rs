@@ -14,7 +14,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{compatible, covers, intention, MODES};
-use hierlock::{Error, Guard, LockTree, Mode, Prepared};
+use hierlock::{Bias, Error, Guard, LockTree, Mode, Prepared};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -297,6 +297,22 @@ fn the_same_with_a_tiny_idle_cache() {
 #[test]
 fn the_same_with_no_idle_cache() {
     stress(Arc::new(LockTree::builder().idle_nodes(0).build()));
+}
+
+/// The same with every node biased at its first compatible acquisition:
+/// IS/IX/S go through per-core slots, every conflicting request revokes.
+#[test]
+fn the_same_with_every_node_biased() {
+    stress(Arc::new(LockTree::builder().bias(Bias::Always).build()));
+}
+
+/// Biased nodes with the idle cache off: revokes, unlisting and unlinking
+/// race with slot holds and their releases.
+#[test]
+fn the_same_biased_with_no_idle_cache() {
+    stress(Arc::new(
+        LockTree::builder().bias(Bias::Always).idle_nodes(0).build(),
+    ));
 }
 
 fn stress(tree: Arc<LockTree>) {

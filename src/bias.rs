@@ -1,0 +1,415 @@
+//! Reader bias for hot nodes: per-core intention slots (BRAVO / SNZI style).
+//!
+//! One state word per node is one cache line that every acquisition of the
+//! node writes. When two cores take compatible modes on the same node at
+//! once (IS on a shared root, IX on a hot table, S on a hot row) that line
+//! bounces between them and neither gets faster with more threads. A node
+//! that sees such contention becomes **biased**: acquisitions of one class
+//! of compatible modes go to a per-core slot of their own instead of the
+//! shared word, and any request that conflicts with that class revokes the
+//! bias first.
+//!
+//! # The slot word
+//!
+//! ```text
+//!     63     62    61 ............................ 20  19 ...... 10  9 ....... 0
+//! +------+-------+----------------------------------+-------------+------------+
+//! |ACTIVE|CLASS_S|           generation             | class count |  IS count  |
+//! +------+-------+----------------------------------+-------------+------------+
+//!    1      1                 42 bits                    10 bits      10 bits
+//! ```
+//!
+//! - `ACTIVE`: the slot takes holds. Set only while the node's state word
+//!   has `BIASED` (see `state.rs`); set and cleared under the node's queue
+//!   lock.
+//! - `CLASS_S`: the bias class. Clear: {IS, IX} (the node's word carries one
+//!   phantom IX holder); set: {IS, S} (a phantom S holder).
+//! - The generation goes up by one every time the slot is folded (revoked),
+//!   so a hold taken in an earlier generation knows it now lives in the word.
+//! - The counts are of holds taken through this slot in this generation.
+//!
+//! # Protocol
+//!
+//! - **Bias** (under the queue lock): the state word gets `BIASED` plus one
+//!   phantom holder of the class's stronger mode (IX or S) — refused if a
+//!   holder conflicts with it or anyone waits — and only then are the slots
+//!   made `ACTIVE`. So a slot is active only while the word says, through
+//!   its phantom holder, that the class is held: every request that
+//!   conflicts with the class sees a conflict in the word and takes the slow
+//!   path, which revokes.
+//! - **Acquire through a slot**: one CAS on the caller's own slot, which must
+//!   be active, of a class that admits the mode, and not full. The hold
+//!   remembers the slot and its generation.
+//! - **Release through a slot**: one CAS that decrements the slot if it is
+//!   still in the hold's generation; otherwise the hold was folded into the
+//!   word, and is released there like any other (waking waiters if any).
+//! - **Revoke / fold** (under the queue lock): for each slot, add its counts
+//!   to the word, then CAS the slot to inactive, zero counts and the next
+//!   generation (if the CAS loses to an acquire or release through the
+//!   slot, take the counts back out of the word and retry). Every hold is in
+//!   the word or in its slot at every moment, never in neither; the phantom
+//!   keeps conflicting requests out meanwhile. Finally the phantom and
+//!   `BIASED` leave the word; from then on the word counts every holder
+//!   exactly.
+//! - **Never biased while anyone waits**: the slow path revokes before it
+//!   queues anything, and a node with `WAITING` is never biased; so a
+//!   release through a slot never has anyone to wake.
+//! - **Headroom**: while biased, the word's own counts of the class stay
+//!   `SLOTS * SLOT_MAX` below their maximum (a grant that would pass that
+//!   goes to the slow path, which revokes first), so a fold never overflows.
+//!
+//! Conversions, renames and downgrades of a hold that lives in a slot
+//! revoke the bias first (the hold is then in the word), and go on as usual.
+//!
+//! # When a node becomes biased
+//!
+//! [`Bias::Adaptive`] (the default) biases a node after a number of
+//! contended compare-and-swaps on its word by compatible modes; a revoke
+//! doubles the number needed next time (up to a cap), so a node that
+//! alternates readers and writers stops flipping. [`Bias::Always`] biases at
+//! the first compatible acquisition (for nodes known to be hot, and for
+//! tests), [`Bias::Never`] never.
+//!
+//! A biased node is kept (as if pinned by a prepared handle) in a short list
+//! of the tree's biased nodes; biasing one more than [`MAX_BIASED`] revokes
+//! the oldest, so nodes that went cold are reclaimed after all.
+//! [`LockTree::purge_idle`](crate::LockTree::purge_idle) revokes every one.
+
+#[cfg(not(loom))]
+use std::cell::Cell;
+
+use crate::sync::{AtomicU64, Ordering};
+use crate::Mode;
+
+/// How a tree biases hot nodes toward their readers (see the module docs
+/// of the engine and [`Builder::bias`](crate::Builder::bias)).
+///
+/// ```
+/// use hierlock::{Bias, LockTree, Mode};
+/// let tree = LockTree::builder().bias(Bias::Always).build();
+/// let r = tree.lock("/db/hot", Mode::S).unwrap(); // through a per-core slot
+/// // A conflicting request revokes the bias and waits for the reader as usual.
+/// assert!(tree.try_lock("/db/hot", Mode::X).is_err());
+/// drop(r);
+/// assert!(tree.try_lock("/db/hot", Mode::X).is_ok());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Bias {
+    /// Every acquisition goes through the node's state word.
+    Never,
+    /// A node becomes biased after repeated contention between compatible
+    /// modes on its state word (the default).
+    #[default]
+    Adaptive,
+    /// A node becomes biased at its first compatible acquisition.
+    Always,
+}
+
+/// Slots per biased node. Threads are spread over them round-robin.
+#[cfg(not(loom))]
+pub(crate) const SLOTS: usize = 16;
+/// Two slots are enough for loom's few threads, and keep its state space
+/// small.
+#[cfg(loom)]
+pub(crate) const SLOTS: usize = 2;
+/// The most holds one slot counts per mode; more go through the word.
+pub(crate) const SLOT_MAX: u64 = (1 << 10) - 1;
+/// How far below its maximum the word keeps each count while biased.
+pub(crate) const HEADROOM: u64 = SLOTS as u64 * SLOT_MAX;
+/// The most nodes of one tree biased at once (older ones are revoked).
+pub const MAX_BIASED: usize = 64;
+
+/// Contended CASes before [`Bias::Adaptive`] biases a node.
+pub(crate) const FIRST_THRESHOLD: u32 = 64;
+/// The largest number of contended CASes a node needs after revokes.
+pub(crate) const MAX_THRESHOLD: u32 = 1 << 16;
+
+const IS_ONE: u64 = 1;
+const CLASS_ONE: u64 = 1 << 10;
+const IS_MASK: u64 = SLOT_MAX;
+const CLASS_MASK: u64 = SLOT_MAX << 10;
+const GEN_SHIFT: u32 = 20;
+const GEN_ONE: u64 = 1 << GEN_SHIFT;
+const GEN_MASK: u64 = ((1 << 42) - 1) << GEN_SHIFT;
+const CLASS_S: u64 = 1 << 62;
+const ACTIVE: u64 = 1 << 63;
+
+/// The bias class: which mode the phantom holder in the word holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// {IS, IX}: phantom IX.
+    IntentionExclusive,
+    /// {IS, S}: phantom S.
+    Shared,
+}
+
+impl Class {
+    /// The mode of the phantom holder.
+    pub(crate) fn phantom(self) -> Mode {
+        match self {
+            Class::IntentionExclusive => Mode::IX,
+            Class::Shared => Mode::S,
+        }
+    }
+}
+
+/// Where one level of a guard holds its mode: in the node's state word, or
+/// in one of its slots (which, and in which generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hold(u64);
+
+impl Hold {
+    /// Held in the state word.
+    pub(crate) const WORD: Hold = Hold(0);
+
+    fn slot(idx: usize, gen: u64) -> Hold {
+        Hold(1 | (idx as u64) << 1 | gen << 8)
+    }
+
+    pub(crate) fn is_slot(self) -> bool {
+        self.0 != 0
+    }
+
+    fn idx(self) -> usize {
+        ((self.0 >> 1) & 0x7f) as usize
+    }
+
+    fn gen(self) -> u64 {
+        self.0 >> 8
+    }
+}
+
+/// One slot on a cache line of its own.
+#[repr(align(128))]
+#[derive(Debug)]
+struct Slot(AtomicU64);
+
+/// A node's slots, allocated the first time it is biased.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    slots: [Slot; SLOTS],
+}
+
+/// What a slot word adds for one hold of `m`, if its class admits `m`.
+#[inline]
+fn one(v: u64, m: Mode) -> Option<(u64, u64)> {
+    match m {
+        Mode::IS => Some((IS_ONE, IS_MASK)),
+        Mode::IX if v & CLASS_S == 0 => Some((CLASS_ONE, CLASS_MASK)),
+        Mode::S if v & CLASS_S != 0 => Some((CLASS_ONE, CLASS_MASK)),
+        _ => None,
+    }
+}
+
+/// The counts a slot word holds: (IS, class mode).
+fn counts(v: u64) -> (u64, u64) {
+    (v & IS_MASK, (v & CLASS_MASK) >> 10)
+}
+
+impl Slots {
+    pub(crate) fn new() -> Self {
+        Slots {
+            slots: std::array::from_fn(|_| Slot(AtomicU64::new(0))),
+        }
+    }
+
+    /// Takes one hold of `m` through the calling thread's slot, if it is
+    /// active, admits `m` and has room.
+    #[inline]
+    pub(crate) fn try_acquire(&self, m: Mode) -> Option<Hold> {
+        let idx = thread_slot();
+        let slot = &self.slots[idx].0;
+        let mut v = slot.load(Ordering::Relaxed);
+        loop {
+            if v & ACTIVE == 0 {
+                return None;
+            }
+            let (one, mask) = one(v, m)?;
+            if v & mask == mask {
+                return None;
+            }
+            match slot.compare_exchange_weak(v, v + one, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return Some(Hold::slot(idx, (v & GEN_MASK) >> GEN_SHIFT)),
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// Gives back a hold of `m` taken through a slot. `false`: the slot was
+    /// folded since, so the hold is in the state word; release it there.
+    #[inline]
+    pub(crate) fn try_release(&self, hold: Hold, m: Mode) -> bool {
+        let slot = &self.slots[hold.idx()].0;
+        let mut v = slot.load(Ordering::Relaxed);
+        loop {
+            if v & ACTIVE == 0 || (v & GEN_MASK) >> GEN_SHIFT != hold.gen() {
+                return false;
+            }
+            let Some((one, mask)) = one(v, m) else {
+                debug_assert!(false, "slot hold of {m} in a slot of another class");
+                return false;
+            };
+            debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
+            match slot.compare_exchange_weak(v, v - one, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// Makes every slot active in `class`. Call under the queue lock, after
+    /// the word got `BIASED` and its phantom holder.
+    pub(crate) fn activate(&self, class: Class) {
+        let class_bit = match class {
+            Class::IntentionExclusive => 0,
+            Class::Shared => CLASS_S,
+        };
+        for s in &self.slots {
+            let v = s.0.load(Ordering::Relaxed);
+            debug_assert!(
+                v & (ACTIVE | IS_MASK | CLASS_MASK) == 0,
+                "activating a live slot"
+            );
+            s.0.store((v & GEN_MASK) | class_bit | ACTIVE, Ordering::Release);
+        }
+    }
+
+    /// Folds every slot: `add` puts a slot's counts (IS, class mode) into
+    /// the word before the slot is emptied, `sub` takes them back out if the
+    /// slot changed meanwhile (then the fold of that slot is retried). Each
+    /// slot ends inactive, empty, one generation on. Call under the queue
+    /// lock.
+    pub(crate) fn fold(&self, mut add: impl FnMut(u64, u64), mut sub: impl FnMut(u64, u64)) {
+        for s in &self.slots {
+            let mut v = s.0.load(Ordering::Acquire);
+            loop {
+                if v & ACTIVE == 0 {
+                    break;
+                }
+                let (is, class) = counts(v);
+                add(is, class);
+                let next = ((v & GEN_MASK).wrapping_add(GEN_ONE) & GEN_MASK) | (v & CLASS_S);
+                match s
+                    .0
+                    .compare_exchange(v, next, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => break,
+                    Err(now) => {
+                        sub(is, class);
+                        v = now;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The holds the active slots count now: (IS, class mode). A snapshot
+    /// for introspection; slots change without any lock.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let mut total = (0, 0);
+        for s in &self.slots {
+            let v = s.0.load(Ordering::Acquire);
+            if v & ACTIVE != 0 {
+                let (is, class) = counts(v);
+                total.0 += is;
+                total.1 += class;
+            }
+        }
+        total
+    }
+}
+
+#[cfg(not(loom))]
+static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[cfg(not(loom))]
+thread_local! {
+    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The calling thread's slot index, assigned round-robin on first use.
+#[cfg(not(loom))]
+#[inline]
+fn thread_slot() -> usize {
+    SLOT.with(|s| {
+        let mut i = s.get();
+        if i == usize::MAX {
+            i = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+            s.set(i);
+        }
+        i
+    })
+}
+
+/// Under loom: from the model thread's id, the same in every execution.
+#[cfg(loom)]
+fn thread_slot() -> usize {
+    let id = format!("{:?}", loom::thread::current().id());
+    id.bytes().map(usize::from).sum::<usize>() % SLOTS
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inactive_slots_take_nothing() {
+        let s = Slots::new();
+        assert_eq!(s.try_acquire(Mode::IS), None);
+    }
+
+    #[test]
+    fn class_decides_which_modes_go_through_slots() {
+        let s = Slots::new();
+        s.activate(Class::IntentionExclusive);
+        let h = s.try_acquire(Mode::IX).expect("IX in the IX class");
+        assert!(s.try_acquire(Mode::S).is_none());
+        assert_eq!(s.totals(), (0, 1));
+        assert!(s.try_release(h, Mode::IX));
+        assert_eq!(s.totals(), (0, 0));
+
+        let s = Slots::new();
+        s.activate(Class::Shared);
+        assert!(s.try_acquire(Mode::IX).is_none());
+        assert!(s.try_acquire(Mode::S).is_some());
+        assert!(s.try_acquire(Mode::IS).is_some());
+        assert_eq!(s.totals(), (1, 1));
+    }
+
+    #[test]
+    fn a_full_slot_refuses() {
+        let s = Slots::new();
+        s.activate(Class::Shared);
+        for _ in 0..SLOT_MAX {
+            assert!(s.try_acquire(Mode::S).is_some());
+        }
+        assert!(s.try_acquire(Mode::S).is_none());
+        assert!(s.try_acquire(Mode::IS).is_some());
+    }
+
+    #[test]
+    fn fold_moves_counts_and_turns_old_holds_to_the_word() {
+        let s = Slots::new();
+        s.activate(Class::IntentionExclusive);
+        let a = s.try_acquire(Mode::IS).unwrap();
+        let b = s.try_acquire(Mode::IX).unwrap();
+        let mut moved = (0, 0);
+        s.fold(
+            |is, c| {
+                moved.0 += is;
+                moved.1 += c;
+            },
+            |_, _| unreachable!("no concurrent change"),
+        );
+        assert_eq!(moved, (1, 1));
+        assert_eq!(s.totals(), (0, 0));
+        // Folded: the holds are in the word now.
+        assert!(!s.try_release(a, Mode::IS));
+        // Re-biased: a new generation, the old hold still goes to the word.
+        s.activate(Class::IntentionExclusive);
+        let c = s.try_acquire(Mode::IX).unwrap();
+        assert!(!s.try_release(b, Mode::IX));
+        assert!(s.try_release(c, Mode::IX));
+    }
+}

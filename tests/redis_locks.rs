@@ -475,11 +475,19 @@ fn tampered_keys_give_a_clear_error() {
         "{e:?}"
     );
     // A garbled entry (in a node whose state says an entry has expired, so
-    // the next script reads every entry).
+    // the next script reads every entry). The state: format byte 2, ten
+    // u32 counts (one S holder), the deadline bound 1 ms and the expiry 0
+    // as f64, little-endian.
+    let mut state = vec![2u8];
+    for c in [0u32, 0, 1, 0, 0, 0, 0, 0, 0, 0] {
+        state.extend_from_slice(&c.to_le_bytes());
+    }
+    state.extend_from_slice(&1f64.to_le_bytes());
+    state.extend_from_slice(&0f64.to_le_bytes());
     redis::cmd("HSET")
         .arg("{tamper}:n:b")
         .arg("s")
-        .arg("0,0,1,0,0,0,0,0,0,0,1,0")
+        .arg(&state)
         .arg("h:zz")
         .arg("garbage")
         .query::<()>(&mut con)
@@ -499,6 +507,21 @@ fn tampered_keys_give_a_clear_error() {
     let e = tree.try_lock("/c", Mode::S).unwrap_err();
     assert!(
         matches!(&e, Error::Backend { message } if message.contains("corrupt lock state")),
+        "{e:?}"
+    );
+    // A node written in the text encoding of hierlock versions before the
+    // binary one: refused with an error that says so.
+    redis::cmd("HSET")
+        .arg("{tamper}:n:e")
+        .arg("s")
+        .arg("0,0,1,0,0,0,0,0,0,0,1,0")
+        .arg("h:zz")
+        .arg("2,17,99999999999999,someone")
+        .query::<()>(&mut con)
+        .unwrap();
+    let e = tree.try_lock("/e", Mode::X).unwrap_err();
+    assert!(
+        matches!(&e, Error::Backend { message } if message.contains("older hierlock version")),
         "{e:?}"
     );
     // A garbled token counter.

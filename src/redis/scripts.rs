@@ -11,30 +11,35 @@
 use redis::Cmd;
 
 /// Definitions shared by every script: the compatibility matrix, the
-/// server clock, entry parsing, pruning, and the wake-up rule.
+/// server clock, the state and entry encodings, pruning, and the wake-up
+/// rule.
+///
+/// Written for the Lua VM's costs, measured on the server: every table a
+/// call builds, every pattern match, number formatting or parse, and every
+/// `redis.call` is paid on each acquire and release. So a node's state is
+/// one fixed-width binary string (`struct.pack`/`struct.unpack`, which
+/// Redis ships to Lua) decoded into one array per level, entries are binary
+/// too, and the hot paths allocate no other table.
 const PRELUDE: &str = r#"
 -- Set by `start` at the beginning of every call: the key and channel
 -- prefixes and the server clock (ms and us).
 local NP, CP, NOW, NOW_US
 -- Built on the first call after a load (the library's top-level code
--- cannot reach `string`): see `decode` and `store`.
-local STR, NUM, PAD
+-- cannot reach `string` or `struct`).
+local PAD, PACK, UNPACK, MB
 local function start(ARGV)
   if PAD == nil then
-    STR, NUM = {}, {}
-    for i = 0, 1023 do
-      local t = string.format('%d', i)
-      STR[i], NUM[t] = t, i
-    end
     PAD = string.rep('.', 80)
+    PACK, UNPACK = struct.pack, struct.unpack
+    MB = {}
+    for m = 0, 4 do MB[m] = string.char(m) end
   end
   NP, CP = ARGV[1], ARGV[2]
   local t = redis.call('TIME')
-  NOW_US = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  NOW_US = t[1] * 1000000 + t[2]
   NOW = math.floor(NOW_US / 1000)
 end
--- Gray's matrix: COMPAT[held * 5 + requested], modes 0..4 = IS IX S SIX X
--- (one flat table: every table a script builds costs an allocation per call).
+-- Gray's matrix: COMPAT[held * 5 + requested], modes 0..4 = IS IX S SIX X.
 local COMPAT = {
   [0] = true, true, true, true, false,
   true, true, false, false, false,
@@ -44,8 +49,6 @@ local COMPAT = {
 }
 -- The intention of each mode (for the levels above the node).
 local INTENT = { [0] = 0, 1, 0, 1, 1 }
--- The modes as strings (no number formatting in the hot path).
-local MS = { [0] = '0', '1', '2', '3', '4' }
 -- Keys outlive the latest deadline in them by at least this much (garbage
 -- collection of nodes whose holders all died); an expiry is set 2 * GRACE
 -- ahead, so most writes need no PEXPIREAT.
@@ -58,67 +61,67 @@ local function fail(key, field, why)
     .. ': ' .. why .. ' (were keys of the namespace modified by hand?)' })
 end
 
--- An entry: "<mode>,<token or ticket>,<deadline ms>,<rest>".
-local function parse(key, field, v)
-  local m, n, dl, rest = string.match(v, '^([0-4]),(%d+),(%d+),(.*)$')
-  if not m then fail(key, field, 'unparsable entry "' .. v .. '"') end
-  return tonumber(m), n, tonumber(dl), rest
+-- Keys written by hierlock versions before the binary encoding (text
+-- states "c0,c1,...", text entries "<mode>,<token>,..."): refused.
+local function old(key, field)
+  error({ err = 'ERR hierlock: key ' .. key .. ' field ' .. field .. ' holds lock state in the text'
+    .. ' encoding of an older hierlock version; stop those clients and let their leases run out'
+    .. ' (or delete the keys of the namespace) before using this version' })
 end
 
 -- A node's state, the field `s` (the first field of the hash, so found at
--- once): holders per mode, waiters per mode, a lower bound of every entry's
--- deadline (0: none), and the expiry this script family set on the key.
-local SPAT = '^(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+),(%d+)$'
-
--- Small counts as strings and back (built by `start` on the first call
--- after a load): Lua 5.1 formats and parses numbers through sprintf and
--- strtod, about a thousand instructions each, and a state has twelve.
+-- once): a format byte (2), holders per mode, waiters per mode, a lower
+-- bound of every entry's deadline (0: none), and the expiry this script
+-- family set on the key (ms). Decoded into one array:
+-- st[1] = 2, st[2 + m] = holders in mode m, st[7 + m] = waiters in mode m,
+-- st[12] = deadline bound, st[13] = expiry.
+local SFMT = '<BI4I4I4I4I4I4I4I4I4I4dd'
+local SLEN = 57
 
 local function decode(key, s)
-  local st = { key = key, c = { [0] = 0, 0, 0, 0, 0 }, w = { [0] = 0, 0, 0, 0, 0 }, x = 0 }
-  if s then
-    local v = { string.match(s, SPAT) }
-    if #v ~= 12 then fail(key, 's', 'unparsable state "' .. s .. '"') end
-    local c, w = st.c, st.w
-    for m = 0, 4 do
-      c[m] = NUM[v[m + 1]] or tonumber(v[m + 1])
-      w[m] = NUM[v[m + 6]] or tonumber(v[m + 6])
-    end
-    local mn = NUM[v[11]] or tonumber(v[11])
-    if mn > 0 then st.min = mn end
-    st.x = NUM[v[12]] or tonumber(v[12])
-    -- The deadline bound and expiry as read, reused by `encode` if unchanged.
-    st.rmin, st.smin, st.rx, st.sx = st.min, v[11], st.x, v[12]
+  if not s then return { 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 } end
+  if #s ~= SLEN or string.byte(s, 1) ~= 2 then
+    if string.find(s, '^%d+,%d+,') then old(key, 's') end
+    fail(key, 's', 'unparsable state of ' .. #s .. ' bytes')
   end
-  return st
+  return { UNPACK(SFMT, s) }
 end
 
 local function encode(st)
-  local c, w = st.c, st.w
-  local smin, sx = st.smin, st.sx
-  if smin == nil or st.min ~= st.rmin then smin = STR[st.min or 0] or fmt(st.min) end
-  if sx == nil or st.x ~= st.rx then sx = STR[st.x] or fmt(st.x) end
-  return table.concat({
-    STR[c[0]] or fmt(c[0]), STR[c[1]] or fmt(c[1]), STR[c[2]] or fmt(c[2]),
-    STR[c[3]] or fmt(c[3]), STR[c[4]] or fmt(c[4]),
-    STR[w[0]] or fmt(w[0]), STR[w[1]] or fmt(w[1]), STR[w[2]] or fmt(w[2]),
-    STR[w[3]] or fmt(w[3]), STR[w[4]] or fmt(w[4]), smin, sx }, ',')
+  return PACK(SFMT, 2, st[2], st[3], st[4], st[5], st[6], st[7], st[8], st[9], st[10], st[11],
+    st[12], st[13])
 end
 
 local function busy(st)
-  for m = 0, 4 do
-    if st.c[m] > 0 or st.w[m] > 0 then return true end
-  end
-  return false
+  return st[2] + st[3] + st[4] + st[5] + st[6] + st[7] + st[8] + st[9] + st[10] + st[11] > 0
 end
 
--- Note that an entry with deadline `dl` is written: lowers `min`, and
+local function waiting(st)
+  return st[7] + st[8] + st[9] + st[10] + st[11] > 0
+end
+
+-- An entry (`h:<id>` or `w:<id>`): mode byte, token or ticket and deadline
+-- (ms) as doubles, then the rest (a hold: the owner id; a waiter: since
+-- when it waits, a double, then the owner id).
+local EFMT = '<Bdd'
+local function bad_entry(key, field, v)
+  if string.find(v, '^[0-4],%d+,') then old(key, field) end
+  fail(key, field, 'unparsable entry of ' .. #v .. ' bytes')
+end
+local function entry(key, field, v)
+  if #v < 17 then bad_entry(key, field, v) end
+  local m, n, dl = UNPACK(EFMT, v)
+  if m > 4 then bad_entry(key, field, v) end
+  return m, n, dl
+end
+
+-- Note that an entry with deadline `dl` is written: lowers the bound, and
 -- pushes the key's expiry out if it would not outlive `dl` by GRACE.
--- Returns true if the caller must PEXPIREAT the key to st.x.
+-- Returns true if the caller must PEXPIREAT the key to st[13].
 local function cover(st, dl)
-  if st.min == nil or dl < st.min then st.min = dl end
-  if st.x < dl + GRACE then
-    st.x = dl + 2 * GRACE
+  if st[12] == 0 or dl < st[12] then st[12] = dl end
+  if st[13] < dl + GRACE then
+    st[13] = dl + 2 * GRACE
     return true
   end
   return false
@@ -131,28 +134,27 @@ end
 -- value turns the hash into a hash table for good, so a node is given the
 -- field `z` with `PAD` (80 bytes) whenever its entries reach a multiple of 16.
 
--- HSET the state (first) and `fields` (a list), then the expiry if needed.
-local function store(st, fields, expire)
-  local c, w = st.c, st.w
-  local n = c[0] + c[1] + c[2] + c[3] + c[4] + w[0] + w[1] + w[2] + w[3] + w[4]
-  if n > 0 and n % 16 == 0 then
-    fields[#fields + 1] = 'z'
-    fields[#fields + 1] = PAD
+-- HSET the state (first) and one field, then the expiry if needed.
+local function store(key, st, f, v, expire)
+  local n = st[2] + st[3] + st[4] + st[5] + st[6] + st[7] + st[8] + st[9] + st[10] + st[11]
+  if n % 16 == 0 and n > 0 then
+    redis.call('HSET', key, 's', encode(st), f, v, 'z', PAD)
+  else
+    redis.call('HSET', key, 's', encode(st), f, v)
   end
-  redis.call('HSET', st.key, 's', encode(st), unpack(fields))
-  if expire then redis.call('PEXPIREAT', st.key, fmt(st.x)) end
+  if expire then redis.call('PEXPIREAT', key, fmt(st[13])) end
 end
 
 local function chan(key) return CP .. string.sub(key, #NP + 1) end
 
 -- Publish on the node's channel if a waiter there conflicts with a mode
--- that was just given up (freed: set of modes).
-local function wake(st, freed)
+-- that was just given up (freed: list of modes).
+local function wake(key, st, freed)
   for m = 0, 4 do
-    if st.w[m] > 0 then
-      for f, _ in pairs(freed) do
+    if st[7 + m] > 0 then
+      for _, f in ipairs(freed) do
         if not COMPAT[m * 5 + f] then
-          redis.call('PUBLISH', chan(st.key), 'r')
+          redis.call('PUBLISH', chan(key), 'r')
           return
         end
       end
@@ -172,8 +174,9 @@ local function entries(key, all)
     local f = all[i]
     local kind = string.sub(f, 1, 2)
     if kind == 'h:' or kind == 'w:' then
-      local m, n, dl, rest = parse(key, f, all[i + 1])
-      live[#live + 1] = { f = f, kind = kind, id = string.sub(f, 3), mode = m, n = n, dl = dl, rest = rest }
+      local v = all[i + 1]
+      local m, n, dl = entry(key, f, v)
+      live[#live + 1] = { f = f, kind = kind, id = string.sub(f, 3), mode = m, n = n, dl = dl, v = v }
     end
   end
   return live
@@ -181,82 +184,84 @@ end
 
 -- Rebuild a node's state from its entries, dropping every expired one,
 -- and wake the waiters the dropped ones blocked.
-local function rescan(st)
-  local key = st.key
-  local c, w = { [0] = 0, 0, 0, 0, 0 }, { [0] = 0, 0, 0, 0, 0 }
-  local mn, live, dead, freed = nil, {}, {}, {}
+local function rescan(key, st)
+  for j = 2, 11 do st[j] = 0 end
+  local mn, live, dead, freed = 0, {}, {}, {}
   for _, e in ipairs(entries(key, redis.call('HGETALL', key))) do
     if e.dl <= NOW then
       dead[#dead + 1] = e.f
-      freed[e.mode] = true
+      freed[#freed + 1] = e.mode
     else
-      if e.kind == 'h:' then c[e.mode] = c[e.mode] + 1 else w[e.mode] = w[e.mode] + 1 end
-      if mn == nil or e.dl < mn then mn = e.dl end
+      if e.kind == 'h:' then st[2 + e.mode] = st[2 + e.mode] + 1 else st[7 + e.mode] = st[7 + e.mode] + 1 end
+      if mn == 0 or e.dl < mn then mn = e.dl end
       live[#live + 1] = e
     end
   end
-  st.c, st.w, st.min, st.live = c, w, mn, live
+  st[12], st.live = mn, live
   if #live == 0 then
     redis.call('DEL', key)
-    st.x = 0
+    st[13] = 0
     return
   end
   hdel_many(key, dead)
   redis.call('HSET', key, 's', encode(st))
-  if #dead > 0 then wake(st, freed) end
+  if #dead > 0 then wake(key, st, freed) end
 end
 
--- A node's state (one HGET, or one HMGET with the fields `extra`, whose
--- values go to st.extra); pruned first if an entry may have expired.
-local function load(key, extra)
-  local st
-  if extra then
-    local r = redis.call('HMGET', key, 's', extra[1], extra[2])
-    st = decode(key, r[1])
-    st.extra = { r[2], r[3] }
-  else
-    st = decode(key, redis.call('HGET', key, 's'))
+-- A node's state from its field `s`; pruned first if an entry may have
+-- expired (or the bound disagrees with the counts).
+local function load(key, s)
+  local st = decode(key, s)
+  local mn = st[12]
+  if mn == 0 then
+    if busy(st) then rescan(key, st) end
+  elseif mn <= NOW or not busy(st) then
+    rescan(key, st)
   end
-  local b = busy(st)
-  if (st.min == nil and b) or (st.min ~= nil and (st.min <= NOW or not b)) then rescan(st) end
   return st
 end
 
 -- The node's live entries (read once per script).
-local function live(st)
+local function live(key, st)
   if not st.live then
-    st.live = {}
-    for _, e in ipairs(entries(st.key, redis.call('HGETALL', st.key))) do
-      if e.dl > NOW then st.live[#st.live + 1] = e end
+    local l = {}
+    for _, e in ipairs(entries(key, redis.call('HGETALL', key))) do
+      if e.dl > NOW then l[#l + 1] = e end
     end
+    st.live = l
   end
   return st.live
 end
 
--- Remove entries ({f = field, k = 'h' or 'w', m = mode}) from a node whose
--- state is `st`, fix the state, delete the key when nothing is left, and
--- wake the waiters the removed entries blocked.
-local function drop(st, list)
-  if #list == 0 then return end
-  local c, w = st.c, st.w
-  local del, freed = {}, {}
-  for _, e in ipairs(list) do
-    del[#del + 1] = e.f
-    freed[e.m] = true
-    if e.k == 'h' then c[e.m] = c[e.m] - 1 else w[e.m] = w[e.m] - 1 end
-  end
-  for m = 0, 4 do
-    if c[m] < 0 then c[m] = 0 end
-    if w[m] < 0 then w[m] = 0 end
+-- Remove fields `del` from a node whose state `st` already counts them
+-- out, delete the key when nothing is left, and wake the waiters that the
+-- modes `freed` blocked.
+local function drop(key, st, del, freed)
+  for j = 2, 11 do
+    if st[j] < 0 then st[j] = 0 end
   end
   if not busy(st) then
-    redis.call('DEL', st.key)
-    st.x = 0
+    redis.call('DEL', key)
+    st[13] = 0
     return
   end
-  hdel_many(st.key, del)
-  redis.call('HSET', st.key, 's', encode(st))
-  wake(st, freed)
+  hdel_many(key, del)
+  redis.call('HSET', key, 's', encode(st))
+  if waiting(st) then wake(key, st, freed) end
+end
+
+-- The same for one hold in mode m: no list built unless a waiter is there.
+local function drop_hold(key, st, f, m)
+  st[2 + m] = st[2 + m] - 1
+  if not busy(st) then
+    redis.call('DEL', key)
+    st[13] = 0
+    return
+  end
+  if st[2 + m] < 0 then st[2 + m] = 0 end
+  redis.call('HDEL', key, f)
+  redis.call('HSET', key, 's', encode(st))
+  if waiting(st) then wake(key, st, { m }) end
 end
 
 -- The namespace's fencing counter; a missing counter is seeded from the
@@ -287,11 +292,23 @@ local id, owner = ARGV[3], ARGV[4]
 local mode, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
 local wait, ticket, wlease = ARGV[7] == '1', tonumber(ARGV[8]), tonumber(ARGV[9])
 local again = ARGV[10] == '1'
+-- A request that never registered as a waiter has no `w:` entry to find.
+local fresh = ticket == 0 and not again
 local n = #KEYS - 1
+local im = INTENT[mode]
 local hf, wf = 'h:' .. id, 'w:' .. id
 local sts = {}
-for i = 1, n do
-  if i == n and again then sts[i] = load(KEYS[i + 1], { hf, wf }) else sts[i] = load(KEYS[i + 1]) end
+local prior_h, prior_w
+for i = 1, n - 1 do
+  local key = KEYS[i + 1]
+  sts[i] = load(key, redis.call('HGET', key, 's'))
+end
+if again then
+  local r = redis.call('HMGET', KEYS[n + 1], 's', hf, wf)
+  sts[n] = load(KEYS[n + 1], r[1])
+  prior_h, prior_w = r[2], r[3]
+else
+  sts[n] = load(KEYS[n + 1], redis.call('HGET', KEYS[n + 1], 's'))
 end
 
 -- Idempotent per request id: a client that may have lost the answer to this
@@ -300,56 +317,54 @@ end
 -- this id that is no longer whole (force-released above the node) is
 -- removed, and the request starts over.
 if again then
-  local prior_h, prior_w = sts[n].extra[1], sts[n].extra[2]
   if prior_h then
-    local _, ptok, pdl = parse(sts[n].key, hf, prior_h)
+    local _, ptok, pdl = entry(KEYS[n + 1], hf, prior_h)
     if pdl > NOW then
       local whole = true
       for i = 1, n - 1 do
-        local v = redis.call('HGET', sts[i].key, hf)
+        local v = redis.call('HGET', KEYS[i + 1], hf)
         if v then
-          local _, t, d = parse(sts[i].key, hf, v)
+          local _, t, d = entry(KEYS[i + 1], hf, v)
           if t ~= ptok or d <= NOW then whole = false end
         else
           whole = false
         end
       end
-      if whole then return { 1, tonumber(ptok), pdl - NOW } end
+      if whole then return { 1, ptok, pdl - NOW } end
       for i = 1, n do
-        local key = sts[i].key
+        local key = KEYS[i + 1]
         local v = redis.call('HGET', key, hf)
         if v then
-          drop(decode(key, redis.call('HGET', key, 's')), { { f = hf, k = 'h', m = parse(key, hf, v) } })
+          drop_hold(key, decode(key, redis.call('HGET', key, 's')), hf, (entry(key, hf, v)))
         end
-        sts[i] = load(key)
+        sts[i] = load(key, redis.call('HGET', key, 's'))
       end
     end
   end
   if ticket == 0 and prior_w then
-    local _, t, d = parse(sts[n].key, wf, prior_w)
-    if d > NOW then ticket = tonumber(t) end
+    local _, t, d = entry(KEYS[n + 1], wf, prior_w)
+    if d > NOW then ticket = t end
   end
 end
 
 local blocked, hint = false, nil
 for i = 1, n do
   local lm = mode
-  if i < n then lm = INTENT[mode] end
+  if i < n then lm = im end
   local st = sts[i]
-  st.lm = lm
   local conflict = false
   for m = 0, 4 do
-    if st.c[m] > 0 and not COMPAT[m * 5 + lm] then conflict = true end
+    if st[2 + m] > 0 and not COMPAT[m * 5 + lm] then conflict = true end
   end
   if not conflict then
     local maybe = false
     for m = 0, 4 do
-      if st.w[m] > 0 and not COMPAT[m * 5 + lm] then maybe = true end
+      if st[7 + m] > 0 and not COMPAT[m * 5 + lm] then maybe = true end
     end
     if maybe then
-      for _, e in ipairs(live(st)) do
+      for _, e in ipairs(live(KEYS[i + 1], st)) do
         if e.kind == 'w:' and e.id ~= id and not COMPAT[e.mode * 5 + lm]
-            and (ticket == 0 or tonumber(e.n) < ticket) then
+            and (ticket == 0 or e.n < ticket) then
           conflict = true
           break
         end
@@ -358,9 +373,9 @@ for i = 1, n do
   end
   if conflict then
     blocked = true
-    for _, e in ipairs(live(st)) do
+    for _, e in ipairs(live(KEYS[i + 1], st)) do
       if e.id ~= id and not COMPAT[e.mode * 5 + lm]
-          and (e.kind == 'h:' or ticket == 0 or tonumber(e.n) < ticket) then
+          and (e.kind == 'h:' or ticket == 0 or e.n < ticket) then
         if hint == nil or e.dl < hint then hint = e.dl end
       end
     end
@@ -370,15 +385,16 @@ end
 if not blocked then
   local token = next_token(tok_key)
   local dl = NOW + lease
-  local info = ',' .. fmt(token) .. ',' .. fmt(dl) .. ',' .. owner
+  local info = PACK('<dd', token, dl) .. owner
   for i = 1, n do
-    local st = sts[i]
-    local lm = st.lm
-    st.c[lm] = st.c[lm] + 1
-    if ticket > 0 and redis.call('HDEL', st.key, wf) == 1 and st.w[lm] > 0 then
-      st.w[lm] = st.w[lm] - 1
+    local key, st = KEYS[i + 1], sts[i]
+    local lm = mode
+    if i < n then lm = im end
+    st[2 + lm] = st[2 + lm] + 1
+    if ticket > 0 and redis.call('HDEL', key, wf) == 1 and st[7 + lm] > 0 then
+      st[7 + lm] = st[7 + lm] - 1
     end
-    store(st, { hf, MS[lm] .. info }, cover(st, dl))
+    store(key, st, hf, MB[lm] .. info, cover(st, dl))
   end
   return { 1, token, lease }
 end
@@ -386,19 +402,21 @@ end
 if wait then
   if ticket == 0 then ticket = next_token(tok_key) end
   local wdl = NOW + wlease
-  local tail = ',' .. fmt(ticket) .. ',' .. fmt(wdl) .. ','
+  local tail = PACK('<dd', ticket, wdl)
   for i = 1, n do
-    local st = sts[i]
-    local lm = st.lm
+    local key, st = KEYS[i + 1], sts[i]
+    local lm = mode
+    if i < n then lm = im end
     local since = NOW
-    local old = redis.call('HGET', st.key, wf)
+    local old = nil
+    if not fresh then old = redis.call('HGET', key, wf) end
     if old then
-      local _, _, _, rest = parse(st.key, wf, old)
-      since = tonumber(string.match(rest, '^(%d+),')) or NOW
+      entry(key, wf, old)
+      if #old >= 25 then since = UNPACK('<d', old, 18) end
     else
-      st.w[lm] = st.w[lm] + 1
+      st[7 + lm] = st[7 + lm] + 1
     end
-    store(st, { wf, MS[lm] .. tail .. fmt(since) .. ',' .. owner }, cover(st, wdl))
+    store(key, st, wf, MB[lm] .. tail .. PACK('<d', since) .. owner, cover(st, wdl))
   end
 else
   ticket = 0
@@ -415,31 +433,46 @@ return { 0, ticket, retry }
 ///
 /// Returns 1 if the hold was whole and unexpired at every level, else 0.
 const RELEASE: &str = r#"
-local id, token = ARGV[3], ARGV[4]
-local cancel = token == '0'
+local id, token = ARGV[3], tonumber(ARGV[4])
+local cancel = token == 0
 local hf, wf = 'h:' .. id, 'w:' .. id
 local ok = true
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local r
-  if cancel then r = redis.call('HMGET', key, 's', hf, wf) else r = redis.call('HMGET', key, 's', hf) end
-  local list = {}
-  if r[2] then
-    local m, tok, dl = parse(key, hf, r[2])
-    if cancel or tok == token then
+  if cancel then
+    local r = redis.call('HMGET', key, 's', hf, wf)
+    local del, freed = {}, {}
+    local st
+    if r[2] then
+      local m, _, dl = entry(key, hf, r[2])
       if dl <= NOW then ok = false end
-      list[#list + 1] = { f = hf, k = 'h', m = m }
+      st = decode(key, r[1])
+      st[2 + m] = st[2 + m] - 1
+      del[#del + 1], freed[#freed + 1] = hf, m
     else
       ok = false
     end
+    if r[3] then
+      local m = entry(key, wf, r[3])
+      st = st or decode(key, r[1])
+      st[7 + m] = st[7 + m] - 1
+      del[#del + 1], freed[#freed + 1] = wf, m
+    end
+    if st then drop(key, st, del, freed) end
   else
-    ok = false
+    local r = redis.call('HMGET', key, 's', hf)
+    if r[2] then
+      local m, tok, dl = entry(key, hf, r[2])
+      if tok == token then
+        if dl <= NOW then ok = false end
+        drop_hold(key, decode(key, r[1]), hf, m)
+      else
+        ok = false
+      end
+    else
+      ok = false
+    end
   end
-  if cancel and r[3] then
-    local m = parse(key, wf, r[3])
-    list[#list + 1] = { f = wf, k = 'w', m = m }
-  end
-  if #list > 0 then drop(decode(key, r[1]), list) end
 end
 if ok then return 1 end
 return 0
@@ -453,16 +486,16 @@ return 0
 /// Returns 1 if the hold is whole and unexpired (and now extended), else 0
 /// after removing whatever was left of it.
 const RENEW: &str = r#"
-local id, token, lease, extend = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6] == '1'
+local id, token, lease, extend = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6] == '1'
 local hf = 'h:' .. id
 local vals = {}
 local ok = true
 for i = 1, #KEYS do
   local r = redis.call('HMGET', KEYS[i], 's', hf)
   if r[2] then
-    local m, tok, dl, owner = parse(KEYS[i], hf, r[2])
+    local m, tok, dl = entry(KEYS[i], hf, r[2])
     if tok == token then
-      vals[i] = { m = m, owner = owner, s = r[1] }
+      vals[i] = { m, r[1], string.sub(r[2], 18) }
       if dl <= NOW then ok = false end
     else
       ok = false
@@ -474,21 +507,21 @@ end
 if ok then
   if extend then
     local dl = NOW + lease
-    local v = ',' .. token .. ',' .. fmt(dl) .. ','
+    local v = PACK('<dd', token, dl)
     for i = 1, #KEYS do
-      local st = decode(KEYS[i], vals[i].s)
-      local expire = cover(st, dl)
-      if expire then
-        store(st, { hf, MS[vals[i].m] .. v .. vals[i].owner }, true)
+      local key, m, s, owner = KEYS[i], vals[i][1], vals[i][2], vals[i][3]
+      local st = decode(key, s)
+      if cover(st, dl) then
+        store(key, st, hf, MB[m] .. v .. owner, true)
       else
-        redis.call('HSET', KEYS[i], hf, MS[vals[i].m] .. v .. vals[i].owner)
+        redis.call('HSET', key, hf, MB[m] .. v .. owner)
       end
     end
   end
   return 1
 end
 for i = 1, #KEYS do
-  if vals[i] then drop(decode(KEYS[i], vals[i].s), { { f = hf, k = 'h', m = vals[i].m } }) end
+  if vals[i] then drop_hold(KEYS[i], decode(KEYS[i], vals[i][2]), hf, vals[i][1]) end
 end
 return 0
 "#;
@@ -507,18 +540,21 @@ end
 if #ids == 0 then return 0 end
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local list = {}
+  local st = decode(key, redis.call('HGET', key, 's'))
+  local del, freed = {}, {}
   for j = 1, #ids, 1000 do
     local chunk = { unpack(ids, j, math.min(j + 999, #ids)) }
     local vs = redis.call('HMGET', key, unpack(chunk))
     for k, f in ipairs(chunk) do
       if vs[k] then
-        local m = parse(key, f, vs[k])
-        list[#list + 1] = { f = f, k = 'h', m = m }
+        local m = entry(key, f, vs[k])
+        st[2 + m] = st[2 + m] - 1
+        del[#del + 1] = f
+        if #freed < 5 then freed[#freed + 1] = m end
       end
     end
   end
-  drop(decode(key, redis.call('HGET', key, 's')), list)
+  if #del > 0 then drop(key, st, del, freed) end
 end
 return #ids
 "#;
@@ -724,14 +760,21 @@ mod tests {
         call(con, |s| &s.acquire, &k, &args)
     }
 
-    fn field(con: &mut redis::Connection, key: &str, f: &str) -> Option<String> {
+    fn field(con: &mut redis::Connection, key: &str, f: &str) -> Option<Vec<u8>> {
         redis::cmd("HGET").arg(key).arg(f).query(con).unwrap()
     }
 
-    /// The holder and waiter counts of a node's state field.
+    /// The holder and waiter counts of a node's state field, as
+    /// `"c0,c1,c2,c3,c4,w0,w1,w2,w3,w4"` (all zero if there is none).
     fn counts(con: &mut redis::Connection, key: &str) -> String {
-        let s = field(con, key, "s").unwrap_or_default();
-        s.split(',').take(10).collect::<Vec<_>>().join(",")
+        let Some(s) = field(con, key, "s") else {
+            return ["0"; 10].join(",");
+        };
+        assert_eq!((s.len(), s[0]), (57, 2), "state of {key}: {s:?}");
+        (0..10)
+            .map(|k| u32::from_le_bytes(s[1 + 4 * k..5 + 4 * k].try_into().unwrap()).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     fn release(con: &mut redis::Connection, path: &[&str], id: &str, token: &str) -> i64 {
@@ -772,6 +815,60 @@ mod tests {
         assert_eq!(release(con, &["a", "b"], "B", &g[1].to_string()), 1);
         let left: Vec<String> = redis::cmd("KEYS").arg("{t}:n:*").query(con).unwrap();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Keys in the text encoding of older versions are refused with an
+    /// error that says so, by every script that reads them.
+    #[test]
+    fn the_old_text_encoding_is_refused_clearly() {
+        let (_srv, mut con) = Server::start();
+        let con = &mut con;
+        redis::cmd("HSET")
+            .arg("{t}:n:")
+            .arg("s")
+            .arg("0,1,0,0,0,0,0,0,0,0,99999999999999,99999999999999")
+            .arg("h:A")
+            .arg("1,17,99999999999999,old")
+            .query::<()>(con)
+            .unwrap();
+        redis::cmd("HSET")
+            .arg("{t}:n:a")
+            .arg("s")
+            .arg("0,0,0,0,1,0,0,0,0,0,99999999999999,99999999999999")
+            .arg("h:A")
+            .arg("4,17,99999999999999,old")
+            .query::<()>(con)
+            .unwrap();
+        let scripts = Scripts::new();
+        scripts.load_cmd().query::<()>(con).unwrap();
+        let older = |r: redis::RedisResult<redis::Value>| {
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains("older hierlock version"), "{e}");
+        };
+        let mut k = vec!["{t}:token".to_owned()];
+        k.extend(keys(&["b"]));
+        let args = [NP, CP, "B", "me", "2", "1000", "0", "0", "1000", "0"];
+        older(scripts.acquire.cmd(&k, &args).query(con));
+        older(
+            scripts
+                .release
+                .cmd(&keys(&["a"]), &[NP, CP, "A", "17"])
+                .query(con),
+        );
+        older(
+            scripts
+                .release
+                .cmd(&keys(&["a"]), &[NP, CP, "A", "0"])
+                .query(con),
+        );
+        let renew = [NP, CP, "A", "17", "1000", "1"];
+        older(scripts.renew.cmd(&keys(&["a"]), &renew).query(con));
+        older(
+            scripts
+                .force_release
+                .cmd(&keys(&["a"]), &[NP, CP])
+                .query(con),
+        );
     }
 
     #[test]

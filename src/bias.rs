@@ -12,11 +12,11 @@
 //! # The slot word
 //!
 //! ```text
-//!     63     62    61 ............................ 20  19 ...... 10  9 ....... 0
-//! +------+-------+----------------------------------+-------------+------------+
-//! |ACTIVE|CLASS_S|           generation             | class count |  IS count  |
-//! +------+-------+----------------------------------+-------------+------------+
-//!    1      1                 42 bits                    10 bits      10 bits
+//!     63     62    61 ...... 40  39 ........ 30  29 ...... 20  19 ........ 10  9 ...... 0
+//! +------+-------+-----------+---------------+-------------+---------------+-----------+
+//! |ACTIVE|CLASS_S|  (zero)   | owed class    |  owed IS    |  class count  | IS count  |
+//! +------+-------+-----------+---------------+-------------+---------------+-----------+
+//!    1      1                    10 bits        10 bits        10 bits       10 bits
 //! ```
 //!
 //! - `ACTIVE`: the slot takes holds. Set only while the node's state word
@@ -24,28 +24,37 @@
 //!   lock.
 //! - `CLASS_S`: the bias class. Clear: {IS, IX} (the node's word carries one
 //!   phantom IX holder); set: {IS, S} (a phantom S holder).
-//! - The generation goes up by one every time the slot is folded (revoked),
-//!   so a hold taken in an earlier generation knows it now lives in the word.
-//! - The counts are of holds taken through this slot in this generation.
+//! - The counts: holds taken through this slot that live in the slot.
+//! - The owed counts: holds taken through this slot that a fold moved into
+//!   the word and that are not released yet.
+//!
+//! Holds of one mode taken through one slot are interchangeable, so a
+//! release needs to know only its slot, not which of them it is: while
+//! anything is owed, a release pays off a debt (and releases in the word),
+//! otherwise it decrements the slot's count. An active slot owes nothing
+//! (a slot is only activated once its debts are paid, and only a fold,
+//! which deactivates it, creates debt); an inactive slot counts nothing.
+//! So every owed count is at most one fold's worth, `SLOT_MAX`.
 //!
 //! # Protocol
 //!
 //! - **Bias** (under the queue lock): the state word gets `BIASED` plus one
 //!   phantom holder of the class's stronger mode (IX or S) — refused if a
 //!   holder conflicts with it or anyone waits — and only then are the slots
-//!   made `ACTIVE`. So a slot is active only while the word says, through
-//!   its phantom holder, that the class is held: every request that
-//!   conflicts with the class sees a conflict in the word and takes the slow
-//!   path, which revokes.
-//! - **Acquire through a slot**: one CAS on the caller's own slot, which must
-//!   be active, of a class that admits the mode, and not full. The hold
-//!   remembers the slot and its generation.
-//! - **Release through a slot**: one CAS that decrements the slot if it is
-//!   still in the hold's generation; otherwise the hold was folded into the
-//!   word, and is released there like any other (waking waiters if any).
-//! - **Revoke / fold** (under the queue lock): for each slot, add its counts
-//!   to the word, then CAS the slot to inactive, zero counts and the next
-//!   generation (if the CAS loses to an acquire or release through the
+//!   that owe nothing made `ACTIVE`. So a slot is active only while the
+//!   word says, through its phantom holder, that the class is held: every
+//!   request that conflicts with the class sees a conflict in the word and
+//!   takes the slow path, which revokes.
+//! - **Acquire through a slot**: one CAS on a slot (the one of the thread
+//!   that started the request), which must be active, of a class that
+//!   admits the mode, and not full. The guard remembers that the level is in
+//!   a slot, and which slot.
+//! - **Release through a slot**: one CAS that either decrements the count
+//!   (done) or pays off one debt; then the hold is released in the word
+//!   like any other (waking waiters if any).
+//! - **Revoke / fold** (under the queue lock): for each active slot, add its
+//!   counts to the word, then CAS the slot to inactive with its counts moved
+//!   to its debts (if the CAS loses to an acquire or release through the
 //!   slot, take the counts back out of the word and retry). Every hold is in
 //!   the word or in its slot at every moment, never in neither; the phantom
 //!   keeps conflicting requests out meanwhile. Finally the phantom and
@@ -53,7 +62,7 @@
 //!   exactly.
 //! - **Never biased while anyone waits**: the slow path revokes before it
 //!   queues anything, and a node with `WAITING` is never biased; so a
-//!   release through a slot never has anyone to wake.
+//!   release that only decrements a slot never has anyone to wake.
 //! - **Headroom**: while biased, the word's own counts of the class stay
 //!   `SLOTS * SLOT_MAX` below their maximum (a grant that would pass that
 //!   goes to the slow path, which revokes first), so a fold never overflows.
@@ -129,9 +138,6 @@ const IS_ONE: u64 = 1;
 const CLASS_ONE: u64 = 1 << 10;
 const IS_MASK: u64 = SLOT_MAX;
 const CLASS_MASK: u64 = SLOT_MAX << 10;
-const GEN_SHIFT: u32 = 20;
-const GEN_ONE: u64 = 1 << GEN_SHIFT;
-const GEN_MASK: u64 = ((1 << 42) - 1) << GEN_SHIFT;
 const CLASS_S: u64 = 1 << 62;
 const ACTIVE: u64 = 1 << 63;
 
@@ -155,29 +161,32 @@ impl Class {
 }
 
 /// Where one level of a guard holds its mode: in the node's state word, or
-/// in one of its slots (which, and in which generation).
+/// in a slot (the guard keeps which one, the same for all its levels).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Hold(u64);
+pub(crate) struct Hold(bool);
 
 impl Hold {
     /// Held in the state word.
-    pub(crate) const WORD: Hold = Hold(0);
-
-    fn slot(idx: usize, gen: u64) -> Hold {
-        Hold(1 | (idx as u64) << 1 | gen << 8)
-    }
+    pub(crate) const WORD: Hold = Hold(false);
+    /// Held through the guard's slot.
+    pub(crate) const SLOT: Hold = Hold(true);
 
     pub(crate) fn is_slot(self) -> bool {
-        self.0 != 0
+        self.0
     }
+}
 
-    fn idx(self) -> usize {
-        ((self.0 >> 1) & 0x7f) as usize
-    }
+/// A request's slot index, picked on first use (`NO_SLOT` until then), so
+/// every level of one guard uses the same slot whichever thread takes it.
+pub(crate) const NO_SLOT: u8 = u8::MAX;
 
-    fn gen(self) -> u64 {
-        self.0 >> 8
+/// The slot of a request, picking the calling thread's if none yet.
+#[inline]
+pub(crate) fn slot_of(idx: &mut u8) -> usize {
+    if *idx == NO_SLOT {
+        *idx = thread_slot() as u8;
     }
+    usize::from(*idx)
 }
 
 /// One slot on a cache line of its own.
@@ -191,7 +200,12 @@ pub(crate) struct Slots {
     slots: [Slot; SLOTS],
 }
 
-/// What a slot word adds for one hold of `m`, if its class admits `m`.
+const COUNTS: u64 = IS_MASK | CLASS_MASK;
+const OWED_SHIFT: u32 = 20;
+const OWED: u64 = COUNTS << OWED_SHIFT;
+
+/// What one hold of `m` is in a slot word's counts (the owed counts are the
+/// same, `OWED_SHIFT` up), if the word's class admits `m`.
 #[inline]
 fn one(v: u64, m: Mode) -> Option<(u64, u64)> {
     match m {
@@ -199,6 +213,16 @@ fn one(v: u64, m: Mode) -> Option<(u64, u64)> {
         Mode::IX if v & CLASS_S == 0 => Some((CLASS_ONE, CLASS_MASK)),
         Mode::S if v & CLASS_S != 0 => Some((CLASS_ONE, CLASS_MASK)),
         _ => None,
+    }
+}
+
+/// As `one`, for a release: whatever the class is now (an inactive slot
+/// keeps the class its debts were made in).
+#[inline]
+fn one_held(m: Mode) -> (u64, u64) {
+    match m {
+        Mode::IS => (IS_ONE, IS_MASK),
+        _ => (CLASS_ONE, CLASS_MASK),
     }
 }
 
@@ -214,72 +238,97 @@ impl Slots {
         }
     }
 
-    /// Takes one hold of `m` through the calling thread's slot, if it is
-    /// active, admits `m` and has room.
+    /// Takes one hold of `m` through slot `idx`, if it is active, admits
+    /// `m` and has room.
     #[inline]
-    pub(crate) fn try_acquire(&self, m: Mode) -> Option<Hold> {
-        let idx = thread_slot();
-        let slot = &self.slots[idx].0;
+    pub(crate) fn try_acquire(&self, idx: usize, m: Mode) -> bool {
+        let slot = &self.slots[idx % SLOTS].0;
         let mut v = slot.load(Ordering::Relaxed);
         loop {
             if v & ACTIVE == 0 {
-                return None;
-            }
-            let (one, mask) = one(v, m)?;
-            if v & mask == mask {
-                return None;
-            }
-            match slot.compare_exchange_weak(v, v + one, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return Some(Hold::slot(idx, (v & GEN_MASK) >> GEN_SHIFT)),
-                Err(now) => v = now,
-            }
-        }
-    }
-
-    /// Gives back a hold of `m` taken through a slot. `false`: the slot was
-    /// folded since, so the hold is in the state word; release it there.
-    #[inline]
-    pub(crate) fn try_release(&self, hold: Hold, m: Mode) -> bool {
-        let slot = &self.slots[hold.idx()].0;
-        let mut v = slot.load(Ordering::Relaxed);
-        loop {
-            if v & ACTIVE == 0 || (v & GEN_MASK) >> GEN_SHIFT != hold.gen() {
                 return false;
             }
             let Some((one, mask)) = one(v, m) else {
-                debug_assert!(false, "slot hold of {m} in a slot of another class");
                 return false;
             };
-            debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
-            match slot.compare_exchange_weak(v, v - one, Ordering::Release, Ordering::Relaxed) {
+            if v & mask == mask {
+                return false;
+            }
+            match slot.compare_exchange_weak(v, v + one, Ordering::Acquire, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(now) => v = now,
             }
         }
     }
 
-    /// Makes every slot active in `class`. Call under the queue lock, after
-    /// the word got `BIASED` and its phantom holder.
+    /// Gives back a hold of `m` taken through slot `idx`. `false`: it paid
+    /// off a debt instead: the hold is in the state word; release it there.
+    #[inline]
+    pub(crate) fn try_release(&self, idx: usize, m: Mode) -> bool {
+        let slot = &self.slots[idx % SLOTS].0;
+        let (one, mask) = one_held(m);
+        let mut v = slot.load(Ordering::Relaxed);
+        loop {
+            let (next, in_slot) = if v & (mask << OWED_SHIFT) != 0 {
+                (v - (one << OWED_SHIFT), false)
+            } else {
+                debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
+                (v - one, true)
+            };
+            match slot.compare_exchange_weak(v, next, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return in_slot,
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// Turns a hold of `m` taken through slot `idx`, which a fold has
+    /// moved into the state word, into a plain hold of the word: pays off
+    /// its debt. Call after revoking.
+    pub(crate) fn forgive(&self, idx: usize, m: Mode) {
+        let slot = &self.slots[idx % SLOTS].0;
+        let (one, mask) = one_held(m);
+        let prev = slot.fetch_sub(one << OWED_SHIFT, Ordering::Relaxed);
+        debug_assert!(
+            prev & (mask << OWED_SHIFT) != 0,
+            "no debt of {m} to forgive"
+        );
+    }
+
+    /// Makes every slot that owes nothing active in `class`. Call under the
+    /// queue lock, after the word got `BIASED` and its phantom holder.
     pub(crate) fn activate(&self, class: Class) {
         let class_bit = match class {
             Class::IntentionExclusive => 0,
             Class::Shared => CLASS_S,
         };
         for s in &self.slots {
-            let v = s.0.load(Ordering::Relaxed);
-            debug_assert!(
-                v & (ACTIVE | IS_MASK | CLASS_MASK) == 0,
-                "activating a live slot"
-            );
-            s.0.store((v & GEN_MASK) | class_bit | ACTIVE, Ordering::Release);
+            let mut v = s.0.load(Ordering::Relaxed);
+            loop {
+                debug_assert!(v & (ACTIVE | COUNTS) == 0, "activating a live slot");
+                if v & OWED != 0 {
+                    // Debts of an earlier bias: this slot sits this one out
+                    // (its threads use the word).
+                    break;
+                }
+                match s.0.compare_exchange_weak(
+                    v,
+                    class_bit | ACTIVE,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => v = now,
+                }
+            }
         }
     }
 
-    /// Folds every slot: `add` puts a slot's counts (IS, class mode) into
-    /// the word before the slot is emptied, `sub` takes them back out if the
-    /// slot changed meanwhile (then the fold of that slot is retried). Each
-    /// slot ends inactive, empty, one generation on. Call under the queue
-    /// lock.
+    /// Folds every active slot: `add` puts a slot's counts (IS, class mode)
+    /// into the word before the slot changes, `sub` takes them back out if
+    /// the slot changed meanwhile (then the fold of that slot is retried).
+    /// Each slot ends inactive, its counts turned into debts. Call under the
+    /// queue lock.
     pub(crate) fn fold(&self, mut add: impl FnMut(u64, u64), mut sub: impl FnMut(u64, u64)) {
         for s in &self.slots {
             let mut v = s.0.load(Ordering::Acquire);
@@ -287,9 +336,10 @@ impl Slots {
                 if v & ACTIVE == 0 {
                     break;
                 }
+                debug_assert!(v & OWED == 0, "an active slot owes nothing");
                 let (is, class) = counts(v);
                 add(is, class);
-                let next = ((v & GEN_MASK).wrapping_add(GEN_ONE) & GEN_MASK) | (v & CLASS_S);
+                let next = (v & CLASS_S) | ((v & COUNTS) << OWED_SHIFT);
                 match s
                     .0
                     .compare_exchange(v, next, Ordering::AcqRel, Ordering::Acquire)
@@ -331,7 +381,7 @@ thread_local! {
 /// The calling thread's slot index, assigned round-robin on first use.
 #[cfg(not(loom))]
 #[inline]
-fn thread_slot() -> usize {
+pub(crate) fn thread_slot() -> usize {
     SLOT.with(|s| {
         let mut i = s.get();
         if i == usize::MAX {
@@ -344,7 +394,7 @@ fn thread_slot() -> usize {
 
 /// Under loom: from the model thread's id, the same in every execution.
 #[cfg(loom)]
-fn thread_slot() -> usize {
+pub(crate) fn thread_slot() -> usize {
     let id = format!("{:?}", loom::thread::current().id());
     id.bytes().map(usize::from).sum::<usize>() % SLOTS
 }
@@ -356,24 +406,24 @@ mod tests {
     #[test]
     fn inactive_slots_take_nothing() {
         let s = Slots::new();
-        assert_eq!(s.try_acquire(Mode::IS), None);
+        assert!(!s.try_acquire(0, Mode::IS));
     }
 
     #[test]
     fn class_decides_which_modes_go_through_slots() {
         let s = Slots::new();
         s.activate(Class::IntentionExclusive);
-        let h = s.try_acquire(Mode::IX).expect("IX in the IX class");
-        assert!(s.try_acquire(Mode::S).is_none());
+        assert!(s.try_acquire(3, Mode::IX));
+        assert!(!s.try_acquire(3, Mode::S));
         assert_eq!(s.totals(), (0, 1));
-        assert!(s.try_release(h, Mode::IX));
+        assert!(s.try_release(3, Mode::IX));
         assert_eq!(s.totals(), (0, 0));
 
         let s = Slots::new();
         s.activate(Class::Shared);
-        assert!(s.try_acquire(Mode::IX).is_none());
-        assert!(s.try_acquire(Mode::S).is_some());
-        assert!(s.try_acquire(Mode::IS).is_some());
+        assert!(!s.try_acquire(0, Mode::IX));
+        assert!(s.try_acquire(0, Mode::S));
+        assert!(s.try_acquire(1, Mode::IS));
         assert_eq!(s.totals(), (1, 1));
     }
 
@@ -382,18 +432,20 @@ mod tests {
         let s = Slots::new();
         s.activate(Class::Shared);
         for _ in 0..SLOT_MAX {
-            assert!(s.try_acquire(Mode::S).is_some());
+            assert!(s.try_acquire(0, Mode::S));
         }
-        assert!(s.try_acquire(Mode::S).is_none());
-        assert!(s.try_acquire(Mode::IS).is_some());
+        assert!(!s.try_acquire(0, Mode::S));
+        assert!(s.try_acquire(0, Mode::IS));
+        assert!(s.try_acquire(1, Mode::S));
     }
 
     #[test]
-    fn fold_moves_counts_and_turns_old_holds_to_the_word() {
+    fn fold_turns_counts_into_debts_paid_by_releases() {
         let s = Slots::new();
         s.activate(Class::IntentionExclusive);
-        let a = s.try_acquire(Mode::IS).unwrap();
-        let b = s.try_acquire(Mode::IX).unwrap();
+        assert!(s.try_acquire(0, Mode::IS));
+        assert!(s.try_acquire(0, Mode::IX));
+        assert!(s.try_acquire(0, Mode::IX));
         let mut moved = (0, 0);
         s.fold(
             |is, c| {
@@ -402,14 +454,19 @@ mod tests {
             },
             |_, _| unreachable!("no concurrent change"),
         );
-        assert_eq!(moved, (1, 1));
+        assert_eq!(moved, (1, 2));
         assert_eq!(s.totals(), (0, 0));
-        // Folded: the holds are in the word now.
-        assert!(!s.try_release(a, Mode::IS));
-        // Re-biased: a new generation, the old hold still goes to the word.
-        s.activate(Class::IntentionExclusive);
-        let c = s.try_acquire(Mode::IX).unwrap();
-        assert!(!s.try_release(b, Mode::IX));
-        assert!(s.try_release(c, Mode::IX));
+        // Folded: a release pays a debt and goes to the word.
+        assert!(!s.try_release(0, Mode::IX));
+        // A slot with debts is not activated again...
+        s.activate(Class::Shared);
+        assert!(!s.try_acquire(0, Mode::S));
+        // ... until they are paid (one IS released, one IX forgiven).
+        assert!(!s.try_release(0, Mode::IS));
+        s.forgive(0, Mode::IX);
+        s.fold(|_, _| {}, |_, _| {});
+        s.activate(Class::Shared);
+        assert!(s.try_acquire(0, Mode::S));
+        assert!(s.try_release(0, Mode::S));
     }
 }

@@ -111,7 +111,13 @@ impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
                 // SAFETY: pinned since the lookup (or by the prepared
                 // handle this future borrows).
                 let n = unsafe { node.get() };
-                match n.acquire(None, m, true, Some(self.tree.table()), Waiter::for_task) {
+                match n.acquire(
+                    None,
+                    m,
+                    true,
+                    Some((self.tree.table(), &mut self.held.slot)),
+                    Waiter::for_task,
+                ) {
                     Ok(Acquire::Granted(hold)) => {
                         self.held.push(node, m, hold);
                         self.level += 1;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::bias::Hold;
+use crate::bias::{Hold, NO_SLOT};
 use crate::node::Node;
 use crate::path::{IntoPath, ParsedPath, Path};
 use crate::table::NodeRef;
@@ -25,14 +25,16 @@ use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
 
 /// One level of a hold: a node pointer with the mode held there packed into
-/// its low bits (nodes are at least 8-byte aligned, so the low 3 bits of
-/// the address are always zero; checked below), and where the hold lives:
-/// in the node's state word or in one of its bias slots (see `bias.rs`).
+/// its low bits, and whether the hold lives in the node's state word or in
+/// the guard's bias slot (see `bias.rs`) in the bit above (nodes are
+/// 16-byte aligned, so the low 4 bits of the address are always zero;
+/// checked below). Keeps a guard small: it is moved by value on every lock.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Level(NonNull<Node>, Hold);
+struct Level(NonNull<Node>);
 
 const MODE_BITS: usize = 0b111;
-const _: () = assert!(std::mem::align_of::<Node>() > MODE_BITS);
+const SLOT_BIT: usize = 0b1000;
+const _: () = assert!(std::mem::align_of::<Node>() > (MODE_BITS | SLOT_BIT));
 
 impl Level {
     /// A hold in the state word.
@@ -43,7 +45,8 @@ impl Level {
 
     #[inline]
     fn with_hold(node: NodeRef, mode: Mode, hold: Hold) -> Self {
-        Level(node.as_non_null().map_addr(|a| a | mode as usize), hold)
+        let slot = if hold.is_slot() { SLOT_BIT } else { 0 };
+        Level(node.as_non_null().map_addr(|a| a | mode as usize | slot))
     }
 
     #[inline]
@@ -52,13 +55,18 @@ impl Level {
         // never gives zero; `unwrap_or` only satisfies the type.
         NodeRef::from_non_null(
             self.0
-                .map_addr(|a| NonZeroUsize::new(a.get() & !MODE_BITS).unwrap_or(a)),
+                .map_addr(|a| NonZeroUsize::new(a.get() & !(MODE_BITS | SLOT_BIT)).unwrap_or(a)),
         )
     }
 
     #[inline]
     fn mode(self) -> Mode {
         Mode::ALL[self.0.addr().get() & MODE_BITS]
+    }
+
+    #[inline]
+    fn in_slot(self) -> bool {
+        self.0.addr().get() & SLOT_BIT != 0
     }
 
     #[inline]
@@ -71,6 +79,9 @@ impl Level {
 #[derive(Debug)]
 pub(crate) struct Held {
     levels: SmallVec<[Level; 8]>,
+    /// The bias slot every slot hold of this request goes through
+    /// (`NO_SLOT` until the first).
+    pub(crate) slot: u8,
 }
 
 // SAFETY: a `Level` is a `NodeRef` with a mode in its low bits; `NodeRef`
@@ -83,6 +94,7 @@ impl Held {
     pub(crate) fn new() -> Self {
         Held {
             levels: SmallVec::new(),
+            slot: NO_SLOT,
         }
     }
 
@@ -100,10 +112,10 @@ impl Held {
     /// alone.
     fn materialize(&mut self) {
         for level in &mut self.levels {
-            if level.1.is_slot() {
+            if level.in_slot() {
                 let (node, mode) = level.get();
                 // SAFETY: held.
-                unsafe { node.get() }.revoke();
+                unsafe { node.get() }.materialize(usize::from(self.slot), mode);
                 *level = Level::new(node, mode);
             }
         }
@@ -125,13 +137,12 @@ impl Held {
         let mut pin = None;
         for level in self.levels.iter().rev() {
             let (node, mode) = level.get();
-            if level.1.is_slot() {
+            if level.in_slot() {
                 // SAFETY: held (in the slot, or folded into the word) until
                 // this CAS; no `&Node` is made.
-                if let Some(slots) = unsafe { node.slots() } {
-                    if slots.try_release(level.1, mode) {
-                        continue;
-                    }
+                let slots = unsafe { node.slots() }.expect("a slot hold has slots");
+                if slots.try_release(usize::from(self.slot), mode) {
+                    continue;
                 }
                 // Folded: the hold is in the word.
             }
@@ -171,7 +182,7 @@ impl Held {
             if to == from {
                 continue;
             }
-            match tree.step(&mut pin, node, Some(from), to, wait) {
+            match tree.step(&mut pin, node, Some(from), to, wait, None) {
                 Ok(granted) => {
                     debug_assert!(granted.is_some(), "a held node cannot be dead");
                     self.levels[i] = Level::new(self.levels[i].node(), to);
@@ -228,7 +239,7 @@ impl Held {
             let (node, held) = self.levels[level].get();
             let target = held.join(need(level));
             if target != held {
-                match tree.step(&mut pin, node, Some(held), target, wait) {
+                match tree.step(&mut pin, node, Some(held), target, wait, None) {
                     Ok(_) => {
                         self.levels[level] = Level::new(self.levels[level].node(), target);
                         converted.push((level, held));
@@ -246,7 +257,14 @@ impl Held {
                 let name = names.next();
                 loop {
                     let node = tree.node(&pin, name);
-                    match tree.step(&mut pin, node, None, need(level), wait) {
+                    match tree.step(
+                        &mut pin,
+                        node,
+                        None,
+                        need(level),
+                        wait,
+                        Some(&mut fresh.slot),
+                    ) {
                         Ok(Some(hold)) => {
                             fresh.push(node, need(level), hold);
                             break;
@@ -293,6 +311,9 @@ impl Held {
                 self.levels[level] = Level::new(self.levels[level].node(), want);
             }
         }
+        // Every old slot hold was materialized above: only the new levels
+        // may be in a slot, fresh's.
+        self.slot = fresh.slot;
         self.levels.extend(fresh.levels.drain(..));
         Ok(())
     }

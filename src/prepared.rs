@@ -182,7 +182,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
                 None,
                 m,
                 wait.may_wait(),
-                Some(tree.table()),
+                Some((tree.table(), &mut held.slot)),
                 Waiter::for_thread,
             ) {
                 Ok(Acquire::Granted(hold)) => Ok(hold),

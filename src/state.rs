@@ -272,7 +272,7 @@ impl StateWord {
     /// biased word that admits `m`, returns [`Fast::Biased`] if
     /// `prefer_slots` (the caller tries its slot first), and otherwise
     /// grants in the word within the bias headroom.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_acquire_fast(&self, m: Mode, prefer_slots: bool) -> Fast {
         let mut s = self.0.load(Ordering::Relaxed);
         let mut contended = false;

@@ -429,7 +429,7 @@ impl LockTree {
             };
             loop {
                 let node = self.node(&pin, name);
-                match self.step(&mut pin, node, None, m, wait) {
+                match self.step(&mut pin, node, None, m, wait, Some(&mut held.slot)) {
                     Ok(Some(hold)) => {
                         held.push(node, m, hold);
                         break;
@@ -449,7 +449,8 @@ impl LockTree {
         Ok(())
     }
 
-    /// One request on one node, parking the thread if it must wait.
+    /// One request on one node, parking the thread if it must wait. A new
+    /// request given its guard's `slot` may be held through a bias slot.
     /// `Ok(Some(hold))`: granted (a conversion's always in the word);
     /// `Ok(None)`: the node is dead, look it up again.
     #[inline]
@@ -460,11 +461,12 @@ impl LockTree {
         from: Option<Mode>,
         to: Mode,
         wait: Wait,
+        slot: Option<&mut u8>,
     ) -> Result<Option<Hold>, Error> {
         // SAFETY: the caller is pinned since it looked `node` up (or holds
         // it, for a conversion).
         let n = unsafe { node.get() };
-        let slots = from.is_none().then_some(&self.table);
+        let slots = slot.map(|s| (&self.table, s));
         match n.acquire(from, to, wait.may_wait(), slots, Waiter::for_thread)? {
             Acquire::Granted(hold) => Ok(Some(hold)),
             Acquire::Dead => Ok(None),

@@ -565,7 +565,7 @@ struct CallError {
 
 /// The index in the acquire script's arguments (as built by
 /// [`Shared::args`]) of its "may be a repeat" flag.
-const AGAIN_ARG: usize = 9;
+const AGAIN_ARG: usize = 7;
 
 /// The first pause before a waiting request tries again after a failed
 /// round trip; doubled up to [`RETRY_PAUSE_MAX`].
@@ -1112,13 +1112,9 @@ impl Shared {
         format!("{:016x}{n:x}", self.id_seed)
     }
 
-    /// The script arguments: the two prefixes, then `rest`.
+    /// The script arguments.
     fn args(&self, rest: &[&str]) -> Vec<String> {
-        let mut a = Vec::with_capacity(rest.len() + 2);
-        a.push(self.node_prefix.clone());
-        a.push(self.chan_prefix.clone());
-        a.extend(rest.iter().map(|s| s.to_string()));
-        a
+        rest.iter().map(|s| s.to_string()).collect()
     }
 
     /// One script call, bounded by the operation timeout and `limit`.

@@ -307,7 +307,6 @@ mod imp {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::sync::Mutex;
 
     /// Under loom there is no epoch: a unit proof.
     pub(crate) struct Pin;

@@ -26,18 +26,33 @@ const PRELUDE: &str = r#"
 -- and us).
 local NOW, NOW_US
 -- Built on the first call after a load (the library's top-level code
--- cannot reach `string` or `struct`).
-local PAD, PACK, UNPACK, MB
+-- cannot reach `string`, `math` or `struct`).
+local PAD, PACK, UNPACK, FLOOR, MB, MODE
+-- The last second TIME returned, as text and in us (parsed once a second:
+-- Lua parses numbers through strtod, about 2,000 instructions each).
+local SEC, SEC_US
+-- Lease lengths (ms) as sent and as numbers; at most 64 kept.
+local MSN, MSC = {}, 0
 local function start()
   if PAD == nil then
     PAD = string.rep('.', 80)
-    PACK, UNPACK = struct.pack, struct.unpack
-    MB = {}
-    for m = 0, 4 do MB[m] = string.char(m) end
+    PACK, UNPACK, FLOOR = struct.pack, struct.unpack, math.floor
+    MB, MODE = {}, {}
+    for m = 0, 4 do MB[m], MODE[string.char(48 + m)] = string.char(m), m end
   end
   local t = redis.call('TIME')
-  NOW_US = t[1] * 1000000 + t[2]
-  NOW = math.floor(NOW_US / 1000)
+  if t[1] ~= SEC then SEC, SEC_US = t[1], tonumber(t[1]) * 1000000 end
+  NOW_US = SEC_US + tonumber(t[2])
+  NOW = FLOOR(NOW_US / 1000)
+end
+-- A number of milliseconds from an argument (a lease: one of few values).
+local function ms(a)
+  local v = MSN[a]
+  if v == nil then
+    v = tonumber(a)
+    if MSC < 64 then MSN[a], MSC = v, MSC + 1 end
+  end
+  return v
 end
 -- Gray's matrix: COMPAT[held * 5 + requested], modes 0..4 = IS IX S SIX X.
 local COMPAT = {
@@ -94,6 +109,17 @@ end
 
 local function busy(st)
   return st[2] + st[3] + st[4] + st[5] + st[6] + st[7] + st[8] + st[9] + st[10] + st[11] > 0
+end
+
+-- Whether a mode conflicting with `lm` is counted in st[o .. o + 4]
+-- (o = 2: held, o = 7: waited for); Gray's matrix written out (a loop
+-- over COMPAT costs several times more).
+local function conflicts(st, o, lm)
+  if lm == 1 then return st[o + 2] + st[o + 3] + st[o + 4] > 0 end
+  if lm == 0 then return st[o + 4] > 0 end
+  if lm == 4 then return st[o] + st[o + 1] + st[o + 2] + st[o + 3] + st[o + 4] > 0 end
+  if lm == 2 then return st[o + 1] + st[o + 3] + st[o + 4] > 0 end
+  return st[o + 1] + st[o + 2] + st[o + 3] + st[o + 4] > 0
 end
 
 local function waiting(st)
@@ -256,13 +282,14 @@ end
 
 -- The same for one hold in mode m: no list built unless a waiter is there.
 local function drop_hold(key, st, f, m)
-  st[2 + m] = st[2 + m] - 1
+  local c = st[2 + m] - 1
+  if c < 0 then c = 0 end
+  st[2 + m] = c
   if not busy(st) then
     redis.call('DEL', key)
     st[13] = 0
     return
   end
-  if st[2 + m] < 0 then st[2 + m] = 0 end
   redis.call('HDEL', key, f)
   redis.call('HSET', key, 's', encode(st))
   if waiting(st) then wake(key, st, { m }) end
@@ -293,8 +320,9 @@ end
 const ACQUIRE: &str = r#"
 local tok_key = KEYS[1]
 local id, owner = ARGV[1], ARGV[2]
-local mode, lease = tonumber(ARGV[3]), tonumber(ARGV[4])
-local wait, ticket, wlease = ARGV[5] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
+local mode, lease = MODE[ARGV[3]] or tonumber(ARGV[3]), ms(ARGV[4])
+local wait, ticket, wlease = ARGV[5] == '1', 0, ms(ARGV[7])
+if ARGV[6] ~= '0' then ticket = tonumber(ARGV[6]) end
 local again = ARGV[8] == '1'
 -- A request that never registered as a waiter has no `w:` entry to find.
 local fresh = ticket == 0 and not again
@@ -356,16 +384,9 @@ for i = 1, n do
   local lm = mode
   if i < n then lm = im end
   local st = sts[i]
-  local conflict = false
-  for m = 0, 4 do
-    if st[2 + m] > 0 and not COMPAT[m * 5 + lm] then conflict = true end
-  end
+  local conflict = conflicts(st, 2, lm)
   if not conflict then
-    local maybe = false
-    for m = 0, 4 do
-      if st[7 + m] > 0 and not COMPAT[m * 5 + lm] then maybe = true end
-    end
-    if maybe then
+    if conflicts(st, 7, lm) then
       for _, e in ipairs(live(KEYS[i + 1], st)) do
         if e.kind == 'w:' and e.id ~= id and not COMPAT[e.mode * 5 + lm]
             and (ticket == 0 or e.n < ticket) then
@@ -490,7 +511,7 @@ return 0
 /// Returns 1 if the hold is whole and unexpired (and now extended), else 0
 /// after removing whatever was left of it.
 const RENEW: &str = r#"
-local id, token, lease, extend = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local id, token, lease, extend = ARGV[1], tonumber(ARGV[2]), ms(ARGV[3]), ARGV[4] == '1'
 local hf = 'h:' .. id
 local vals = {}
 local ok = true
@@ -545,7 +566,7 @@ if #ids == 0 then return 0 end
 for i = 1, #KEYS do
   local key = KEYS[i]
   local st = decode(key, redis.call('HGET', key, 's'))
-  local del, freed = {}, {}
+  local del, freed, seen = {}, {}, {}
   for j = 1, #ids, 1000 do
     local chunk = { unpack(ids, j, math.min(j + 999, #ids)) }
     local vs = redis.call('HMGET', key, unpack(chunk))
@@ -554,7 +575,10 @@ for i = 1, #KEYS do
         local m = entry(key, f, vs[k])
         st[2 + m] = st[2 + m] - 1
         del[#del + 1] = f
-        if #freed < 5 then freed[#freed + 1] = m end
+        if not seen[m] then
+          seen[m] = true
+          freed[#freed + 1] = m
+        end
       end
     end
   end
@@ -665,6 +689,7 @@ mod tests {
 
     struct Server {
         child: std::process::Child,
+        url: String,
     }
 
     impl Server {
@@ -674,7 +699,9 @@ mod tests {
                 .and_then(|l| l.local_addr())
                 .expect("a free port")
                 .port();
+            let url = format!("redis://127.0.0.1:{port}/0");
             let srv = Server {
+                url: url.clone(),
                 child: std::process::Command::new(
                     std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
                 )
@@ -684,7 +711,6 @@ mod tests {
                 .spawn()
                 .expect("start redis-server (install it)"),
             };
-            let url = format!("redis://127.0.0.1:{port}/0");
             let t0 = std::time::Instant::now();
             loop {
                 if let Ok(con) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
@@ -860,6 +886,37 @@ mod tests {
                 .cmd(&keys(&["a"]), &[] as &[&str])
                 .query(con),
         );
+    }
+
+    /// force_release wakes a waiter whatever the order of the holds it
+    /// removes: here the one hold the waiter conflicts with (IX) comes
+    /// after five it does not (IS).
+    #[test]
+    fn force_release_wakes_a_waiter_blocked_by_any_removed_mode() {
+        let (srv, mut con) = Server::start();
+        let con = &mut con;
+        for i in 1..=5 {
+            let (leaf, id) = (format!("b{i}"), format!("H{i}"));
+            assert_eq!(acquire(con, &["a", &leaf], &id, 0, false, 0, false)[0], 1);
+        }
+        assert_eq!(acquire(con, &["a", "c"], "X", 4, false, 0, false)[0], 1);
+        let w = acquire(con, &["a"], "W", 2, true, 0, false);
+        assert_eq!(w[0], 0);
+        let mut sub = redis::Client::open(srv.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut sub = sub.as_pubsub();
+        sub.subscribe("{t}:c:a").unwrap();
+        sub.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let args: [String; 0] = [];
+        let n: i64 = call(con, |s| &s.force_release, &keys(&["a"]), &args);
+        assert_eq!(n, 6);
+        let msg = sub.get_message().expect("a wake-up on /a's channel");
+        assert_eq!(msg.get_channel_name(), "{t}:c:a");
+        // The waiter now gets its S.
+        assert_eq!(acquire(con, &["a"], "W", 2, true, w[1], false)[0], 1);
     }
 
     #[test]

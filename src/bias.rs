@@ -275,7 +275,10 @@ impl Slots {
                 debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
                 (v - one, true)
             };
-            match slot.compare_exchange_weak(v, next, Ordering::Release, Ordering::Relaxed) {
+            // AcqRel: paying a debt must see the fold that put the hold
+            // into the word (its slot CAS released it), so this thread's
+            // release in the word comes after that fold's add.
+            match slot.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return in_slot,
                 Err(now) => v = now,
             }

@@ -239,12 +239,13 @@ impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "State {{ IS: {}, IX: {}, S: {}, SIX: {}, X: {}, waiting: {}, dead: {}, pinned: {}, cached: {} }}",
+            "State {{ IS: {}, IX: {}, S: {}, SIX: {}, X: {}, biased: {}, waiting: {}, dead: {}, pinned: {}, cached: {} }}",
             self.count(Mode::IS),
             self.count(Mode::IX),
             self.count(Mode::S),
             self.count(Mode::SIX),
             self.count(Mode::X),
+            self.is_biased(),
             self.is_waiting(),
             self.is_dead(),
             self.0 & PINNED != 0,
@@ -694,6 +695,58 @@ mod tests {
     }
 
     #[test]
+    fn bias_adds_a_phantom_only_over_compatible_holders() {
+        let w = StateWord::new();
+        assert!(fast(&w, Mode::IS));
+        assert!(w.try_bias(Class::IntentionExclusive));
+        let s = w.load();
+        assert!(s.is_biased());
+        assert_eq!(s.count(Mode::IX), 1, "the phantom");
+        // The phantom IX keeps S, SIX and X out of the fast path...
+        for m in [Mode::S, Mode::SIX, Mode::X] {
+            assert_eq!(w.try_acquire_fast(m, true), Fast::Refused, "{m}");
+        }
+        // ... and sends IS and IX to the slots when the caller has one.
+        assert_eq!(w.try_acquire_fast(Mode::IX, true), Fast::Biased);
+        assert!(fast(&w, Mode::IX));
+        assert!(!w.try_bias(Class::Shared), "biased already");
+        // Fold two slot holds (one IS, one IX), then end the bias.
+        w.fold(Class::IntentionExclusive, 1, 1, false);
+        let after = w.unbias(Class::IntentionExclusive);
+        assert!(!after.is_biased());
+        assert_eq!(after.count(Mode::IS), 2);
+        assert_eq!(after.count(Mode::IX), 2);
+
+        // Never over a conflicting holder, nor while anyone waits.
+        let x = StateWord::new();
+        assert!(fast(&x, Mode::SIX));
+        assert!(!x.try_bias(Class::IntentionExclusive));
+        assert!(!x.try_bias(Class::Shared));
+        let q = StateWord::new();
+        assert!(fast(&q, Mode::IS));
+        assert!(q.try_set_waiting());
+        assert!(!q.try_bias(Class::Shared));
+    }
+
+    #[test]
+    fn a_biased_word_keeps_headroom_for_the_fold() {
+        let w = StateWord::new();
+        let near = MAX_SHARED_HOLDERS - HEADROOM;
+        w.0.store(near * S_ONE, Ordering::Relaxed);
+        assert!(!w.try_bias(Class::Shared), "no room to fold into");
+        w.0.store((near - 2) * S_ONE, Ordering::Relaxed);
+        assert!(w.try_bias(Class::Shared));
+        // The phantom took one, one more fits; then the word's own grants
+        // stop at the cap.
+        assert!(fast(&w, Mode::S));
+        assert_eq!(w.try_acquire_fast(Mode::S, false), Fast::Refused);
+        assert_eq!(w.load().grant(None, Mode::S), Err(Refusal::Full));
+        // Unbiased, the real maximum applies again.
+        w.unbias(Class::Shared);
+        assert!(fast(&w, Mode::S));
+    }
+
+    #[test]
     fn debug_shows_every_field() {
         let w = StateWord::new();
         assert!(fast(&w, Mode::IS));
@@ -701,7 +754,7 @@ mod tests {
         assert!(fast(&w, Mode::SIX));
         assert_eq!(
             format!("{:?}", w.load()),
-            "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, waiting: false, dead: false, pinned: false, cached: false }"
+            "State { IS: 2, IX: 0, S: 0, SIX: 1, X: 0, biased: false, waiting: false, dead: false, pinned: false, cached: false }"
         );
         assert!(w.try_set_pinned());
         assert!(format!("{:?}", w.load()).ends_with("pinned: true, cached: false }"));

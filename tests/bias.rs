@@ -114,6 +114,16 @@ fn always_biases_at_the_first_acquisition_and_keeps_the_node_off_the_idle_cache(
     tree.purge_idle();
     assert_eq!(tree.idle_node_count(), 0);
     assert_eq!(tree.node_count(), 0);
+    // Unlisted: /a/n locked only in X now (which never biases) goes to the
+    // idle cache once released. (/a, which took IX, is biased again.)
+    drop(tree.lock("/a/n", Mode::X).unwrap());
+    assert_eq!(
+        tree.idle_node_count(),
+        1,
+        "purge_idle left /a/n on the bias list"
+    );
+    tree.purge_idle();
+    assert_eq!(tree.idle_node_count(), 0);
     // Locking again works and biases again.
     drop(tree.lock("/a/n", Mode::S).unwrap());
     assert_eq!(tree.idle_node_count(), 0);
@@ -137,7 +147,7 @@ enum Where {
 }
 
 #[test]
-fn gray_matrix_is_exact_on_on_below_and_above_a_biased_node() {
+fn gray_matrix_is_exact_on_below_and_above_a_biased_node() {
     // Sanity: the public matrix is Gray's.
     for a in MODES {
         for b in MODES {
@@ -936,10 +946,14 @@ fn more_than_max_biased_nodes_are_bounded_and_reclaimed() {
     tree.purge_idle();
     assert_eq!(tree.idle_node_count(), 0);
     assert_eq!(tree.node_count(), 0);
-    // Locks still work, and biasing starts over.
+    // Locks still work. X never biases: every row, off the bias list since
+    // the purge, goes to the idle cache once released (/h, under IX, is
+    // biased again and stays off it).
     for i in 0..n {
         assert!(granted(&tree, &format!("/h/{i}"), Mode::X));
     }
+    assert_eq!(tree.idle_node_count(), n, "rows purge_idle left biased");
+    assert_eq!(tree.node_count(), 0);
     many_hot_nodes(&tree, n);
     assert_all_released(&tree, "many hot nodes");
     tree.purge_idle();

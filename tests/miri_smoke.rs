@@ -1,8 +1,9 @@
 //! A small integration set sized for Miri (`cargo +nightly miri test --test
 //! miri_smoke`): the unsafe parts — node pointers kept by guards, the
 //! dashmap keys that point into nodes, epoch reclamation, the idle cache's
-//! node pointers, prepared handles' pinned nodes, parking and wakers
-//! across threads — exercised on a few operations each. Also runs in
+//! node pointers, prepared handles' pinned nodes, biased nodes' slot arrays
+//! and the list that keeps them, parking and wakers across threads —
+//! exercised on a few operations each. Also runs in
 //! the ordinary `cargo test`.
 
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::thread;
 
-use hierlock::{Error, LockTree, Mode};
+use hierlock::{Bias, Error, LockTree, Mode, MAX_BIASED};
 
 #[test]
 fn lock_unlock_and_conversions() {
@@ -148,4 +149,38 @@ fn async_lock_dropped_while_released_elsewhere() {
     }
     drop(fut);
     assert_eq!(tree.node_count(), 0);
+}
+
+/// Slot holds on biased nodes taken and released on several threads, a
+/// writer revoking them, a conversion of a slot hold, more biased nodes
+/// than the list keeps (the oldest are revoked and, idle, reclaimed), and
+/// `purge_idle` revoking the rest.
+#[test]
+fn biased_nodes_slots_revokes_and_reclamation() {
+    let tree = Arc::new(LockTree::builder().bias(Bias::Always).idle_nodes(0).build());
+    drop(tree.lock("/hot/a", Mode::S).unwrap()); // biases /, /hot, /hot/a
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let tree = tree.clone();
+            thread::spawn(move || {
+                for _ in 0..3 {
+                    drop(tree.lock("/hot/a", Mode::S).unwrap());
+                }
+            })
+        })
+        .collect();
+    drop(tree.lock("/hot/a", Mode::X).unwrap());
+    for r in readers {
+        r.join().unwrap();
+    }
+    let mut g = tree.lock("/hot/a", Mode::S).unwrap();
+    g.upgrade(Mode::X).unwrap();
+    drop(g);
+    for i in 0..MAX_BIASED + 2 {
+        drop(tree.lock(format!("/many/{i}").as_str(), Mode::S).unwrap());
+    }
+    assert_eq!(tree.node_count(), 0);
+    tree.purge_idle();
+    assert_eq!(tree.node_count(), 0);
+    drop(tree.try_lock("/", Mode::X).unwrap());
 }

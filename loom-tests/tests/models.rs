@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicUsize as StdAtomicUsize;
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 
-use hierlock::{Error, LockTree, Mode};
+use hierlock::{Bias, Error, LockTree, Mode};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use loom::thread;
@@ -489,6 +489,108 @@ fn release_wakes_every_compatible_waiter() {
         for r in readers {
             r.join().unwrap();
         }
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// A tree whose nodes are biased at their first compatible acquisition
+/// (`Bias::Always`), with the idle cache off.
+fn biased_tree() -> LockTree {
+    LockTree::builder()
+        .idle_nodes(0)
+        .bias(Bias::Always)
+        .build()
+}
+
+/// `/a` is biased toward {IS, S} (a first S biases it); a reader takes S
+/// through its slot while a writer asks for X, which must revoke the bias,
+/// fold the reader's slot hold into the word and wait for it. The two never
+/// overlap, the writer is woken, and when both are done nothing is held.
+///
+/// Catches: a fold that loses slot holds (mutant `fold-drops-slot-counts`),
+/// a slot activated while the word is not biased.
+#[test]
+fn slot_reader_racing_with_revoking_writer() {
+    model(|| {
+        let tree = Arc::new(biased_tree());
+        let res = Arc::new(Resource::new());
+        drop(tree.lock("/a", Mode::S).unwrap());
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let g = tree.lock("/a", Mode::S).unwrap();
+                res.read();
+                drop(g);
+            })
+        };
+        let x = tree.lock("/a", Mode::X).unwrap();
+        res.write();
+        drop(x);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+        tree.purge_idle();
+        assert!(tree.try_lock("/", Mode::X).is_ok());
+    });
+}
+
+/// A reader holds S on a biased `/a` through its slot; a writer's X
+/// revokes the bias (the reader's hold becomes a debt of its slot, counted
+/// in the word) and queues. The reader's release must pay the debt and
+/// release in the word, handing `/a` to the writer.
+///
+/// Catches: a slot release that ignores debts (mutant
+/// `slot-release-ignores-debt`: the writer is never woken, or the slot
+/// count wraps).
+#[test]
+fn folded_slot_hold_released_through_the_word() {
+    model(|| {
+        let tree = Arc::new(biased_tree());
+        let res = Arc::new(Resource::new());
+        drop(tree.lock("/a", Mode::S).unwrap());
+        let r = tree.lock("/a", Mode::S).unwrap();
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let x = tree.lock("/a", Mode::X).unwrap();
+                res.write();
+                drop(x);
+            })
+        };
+        res.read();
+        drop(r);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// A holder of S on a biased `/a` (through its slot) upgrades to X while
+/// another reader arrives. The upgrade must first move its hold from the
+/// slot into the word (revoking the bias), so the newcomer, through a slot
+/// or the word, never reads while the upgraded holder writes.
+///
+/// Catches: a conversion that works on the word while the hold is still in
+/// a slot (mutant `convert-without-revoke`).
+#[test]
+fn upgrade_of_slot_hold_racing_with_reader() {
+    model(|| {
+        let tree = Arc::new(biased_tree());
+        let res = Arc::new(Resource::new());
+        drop(tree.lock("/a", Mode::S).unwrap());
+        let mut g = tree.lock("/a", Mode::S).unwrap();
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                if let Ok(r) = tree.try_lock("/a", Mode::S) {
+                    res.read();
+                    drop(r);
+                }
+            })
+        };
+        if g.try_upgrade(Mode::X).is_ok() {
+            res.write();
+        }
+        drop(g);
+        t.join().unwrap();
         assert_eq!(tree.node_count(), 0);
     });
 }

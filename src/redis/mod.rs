@@ -130,7 +130,7 @@
 //!   request's own `h:`/`w:` fields; it returns the hold already granted
 //!   (same token, the lease left) instead of granting twice, and a waiter
 //!   keeps its ticket.
-//! - **release**: removes the hold's entries bottom to top, fixes the
+//! - **release**: removes the hold's entry at every level, fixes the
 //!   counters, and `PUBLISH`es on a level's channel only if a waiter there
 //!   conflicts with the mode given up. It reports whether the hold was still
 //!   whole and unexpired.
@@ -254,8 +254,49 @@
 //!
 //! # Measurements
 //!
-//! `cargo test --release --features redis --test redis_measure -- --ignored
-//! --nocapture` against a local Redis 7.0.15 on a 2-core machine shared with
+//! Current figures (binary encoding, the scripts of commit f042698), from
+//! `CARGO_TARGET_DIR=... cargo test --release --features redis --test
+//! redis_measure -- --ignored --nocapture` against a local Redis 7.0.15 on
+//! this project's 2-core VM. The machine was never quiet during these runs
+//! (another engineer's mutation tests and Miri: load average 5.6-6.3), so
+//! the text-encoding build (da95b49) ran alternately with it, three runs
+//! each, best of three per figure; under load both are slower than on an
+//! idle machine, where the text encoding measured 50.4-50.9 / 42.8-47.3
+//! usec at depth 1. 500 X locks at the given depth are taken and held (so
+//! the root carries 500 intention holds), then released.
+//!
+//! | depth | client commands per acquire + release | one key per ancestor (2(d+1)) | commands inside the scripts | `FCALL` usec_per_call acquire / release | text encoding, same runs |
+//! |---|---|---|---|---|---|
+//! | 1 | 2.00 | 4  | 13.0 | 52.3 / 36.5 | 74.7 / 63.3 |
+//! | 4 | 2.00 | 10 | 28.0 | 77.1 / 65.1 | 125.8 / 136.7 |
+//! | 8 | 2.00 | 18 | 48.0 | 111.4 / 105.5 | 197.8 / 227.2 |
+//!
+//! That is 30% / 42% less server time at depth 1, 39% / 52% at depth 4 and
+//! 44% / 54% at depth 8. On a quieter server (load average about 1; both
+//! libraries loaded side by side and called alternately, see the last
+//! paragraphs below) the same change measured 46.9 -> 33.5 usec per
+//! acquire and 43.4 -> 23.6 per release at depth 1, below the 44 usec
+//! that issue 7 quotes for a full acquire script; counted in server
+//! instructions (callgrind, independent of the load) it is 202,000 ->
+//! 137,000 and 197,000 -> 103,000. In the same loaded runs: 1,670-2,280
+//! lock + unlock cycles per second with 1 client and 2,950-4,360 with 16
+//! (X at depth 3, disjoint nodes; the text encoding 1,340-1,940 and
+//! 2,360-2,790), and a waiter granted a median 0.83-0.91 ms after the
+//! holder's `unlock` started (text encoding 0.75-0.87 ms; this is the
+//! client's hand-offs and pub/sub, not the scripts). What is left per
+//! call at depth 1 (137,000 instructions): about 25,000 for any `FCALL`
+//! with three keys and eight arguments, the client's I/O included; 3,500
+//! to 10,000 for each of the seven commands the acquire runs (`TIME`, two
+//! `HGET`s, `INCR`, two `HSET`s, `PEXPIREAT` of the new node); about 4,500
+//! for each `struct.unpack` or `struct.pack` of a state (one of each per
+//! existing level); and the Lua around them. Each
+//! further level costs about 37,000 (acquire) and 39,000 (release)
+//! instructions, of which the `HGET` + `HSET` (acquire) or `HMGET` +
+//! `HDEL` + `HSET` (release) are about a third.
+//!
+//! ## How it got there
+//!
+//! The first measurements, same command against a local Redis 7.0.15 on a 2-core machine shared with
 //! another engineer's builds and benchmarks (load average about 1.8 during
 //! the run below, 0 for the "before" run), so the times are pessimistic and
 //! vary between runs (the same build measured 115 / 102 usec at depth 1
@@ -330,20 +371,29 @@
 //! them (the state is a 12-number string parsed and rebuilt per level).
 //!
 //! The binary encoding (see *Key layout*) then took most of that Lua
-//! away. Timing pieces of the scripts on the server (`usec_per_call` of
-//! functions that stop at a given point) showed where depth 1 went: about
-//! 13 usec to decode two text states (a 12-capture `string.match`, twelve
-//! `tonumber`s or table lookups, and a table that grew field by field),
-//! and a few more to re-encode them, against about 1 usec per
-//! `struct.unpack` or `struct.pack`. The scripts now also build one array
-//! per level and no other table on the uncontended paths, and skip the
-//! waiter entry's read for a request that never waited. Old and new
-//! library loaded side by side on one local Redis 7.0.15 and called
-//! alternately (500 X acquires at the given depth, held, then 500
-//! releases, five rounds, the best `usec_per_call` of each; load average
-//! about 1): acquire / release 46.9 / 43.4 -> 33.5 / 23.6 usec at depth
-//! 1, 91.8 / 102.2 -> 60.2 / 51.0 at depth 4, 151.6 / 180.6 -> 93.7 /
-//! 87.1 at depth 8.
+//! away. Timing pieces of the acquire on the server (`usec_per_call` and
+//! callgrind counts of functions that stop at a given point) showed where
+//! depth 1 went: about 13 usec to decode two text states (a 12-capture
+//! `string.match`, twelve `tonumber`s or table lookups, and a table that
+//! grew field by field) and a few more to re-encode them, against about
+//! 1 usec (4,500 instructions) per `struct.unpack` or `struct.pack`. The
+//! scripts now also build one array per level and no other table on the
+//! uncontended paths, check a level against Gray's matrix written out
+//! instead of a loop over it, parse lease lengths and the second of
+//! `TIME` once rather than per call (`strtod`), skip the waiter entry's
+//! read for a request that never waited, and take no prefix arguments
+//! (each `FCALL` argument costs about 0.25 usec). The commands run inside
+//! the scripts are the same as before. Under callgrind (same method as
+//! above, server instructions per call), acquire / release: 202,000 /
+//! 197,000 -> 137,000 / 103,000 at depth 1, 418,000 / 472,000 -> 250,000
+//! / 221,000 at depth 4, 701,000 / 829,000 -> 402,000 / 378,000 at depth
+//! 8. Old and new library loaded side by side on one local Redis 7.0.15
+//! and called alternately (500 X acquires at the given depth, held, then
+//! 500 releases, five rounds, the best `usec_per_call` of each; load
+//! average about 1): acquire / release 46.9 / 43.4 -> 33.5 / 23.6 usec at
+//! depth 1, 91.8 / 102.2 -> 60.2 / 51.0 at depth 4, 151.6 / 180.6 -> 93.7
+//! / 87.1 at depth 8. See the table at the top of this section for the
+//! `redis_measure` figures.
 //!
 //! An uncontended `lock` no longer subscribes (it tries first and
 //! subscribes only when blocked), so an acquire + release is exactly the 2

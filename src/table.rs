@@ -141,6 +141,7 @@ impl NodeRef {
 mod imp {
     use std::borrow::Borrow;
     use std::hash::{Hash, Hasher};
+    use std::sync::atomic::{AtomicPtr, AtomicUsize};
 
     use dashmap::mapref::entry::Entry;
     use dashmap::DashMap;
@@ -194,9 +195,35 @@ mod imp {
     /// The node map.
     pub(crate) struct Table {
         map: DashMap<NodeKey, (), foldhash::fast::RandomState>,
+        /// The hot-node index: the biased nodes (see `bias.rs`), found by a
+        /// cheap hash of the name with one load and no lock, so the threads
+        /// that made a node hot stop writing the map's shard lock to find
+        /// it. Entries point only to listed (hence live) nodes: set under
+        /// the node's queue lock when it is listed, cleared when it is
+        /// unlisted and again before a dead node's destruction is deferred,
+        /// so a pinned reader's pointer stays valid. A collision just
+        /// overwrites (the other node is found through the map).
+        hot: Box<[AtomicPtr<Node>]>,
+        /// Listed nodes (set under the list's own bookkeeping): while 0,
+        /// lookups skip the hot index.
+        hot_count: AtomicUsize,
         pub(super) idle: IdleCache,
         pub(super) biased: Mutex<VecDeque<NodeRef>>,
         pub(super) bias: Bias,
+    }
+
+    const HOT_BITS: u32 = 8;
+
+    /// The hot index's slot for `name`: its length and last eight bytes,
+    /// multiplied out (paths of one table differ at the end).
+    #[inline]
+    fn hot_slot(name: &str) -> usize {
+        let b = name.as_bytes();
+        let x = match b.last_chunk::<8>() {
+            Some(tail) => u64::from_le_bytes(*tail),
+            None => b.iter().fold(0u64, |x, &c| x << 8 | u64::from(c)),
+        } ^ (b.len() as u64).rotate_left(56);
+        (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HOT_BITS)) as usize
     }
 
     impl Table {
@@ -205,6 +232,10 @@ mod imp {
             // paths rarely share a shard lock's cache line.
             Table {
                 map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+                hot: (0..1 << HOT_BITS)
+                    .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                    .collect(),
+                hot_count: AtomicUsize::new(0),
                 idle: IdleCache::new(idle_capacity),
                 biased: Mutex::new(VecDeque::new()),
                 bias,
@@ -230,6 +261,19 @@ mod imp {
         /// It may be dead; the caller's CAS finds out.
         #[inline]
         pub(crate) fn get_or_insert(&self, _pin: &Pin, name: &str, sep: char) -> NodeRef {
+            let hot = if self.hot_count.load(Ordering::Relaxed) == 0 {
+                std::ptr::null_mut()
+            } else {
+                self.hot[hot_slot(name)].load(Ordering::Acquire)
+            };
+            if !hot.is_null() {
+                // SAFETY: the caller is pinned, and a node leaves the index
+                // before its destruction is deferred (see `hot`).
+                if unsafe { &(*hot).path }.as_str() == name {
+                    // SAFETY: non-null.
+                    return NodeRef(unsafe { NonNull::new_unchecked(hot) });
+                }
+            }
             if let Some(entry) = self.map.get(name) {
                 return entry.key().0;
             }
@@ -263,6 +307,7 @@ mod imp {
         pub(crate) fn evict(&self, pin: &Pin, node: &Node) {
             debug_assert!(node.state.load().is_dead());
             let target = NodeRef::from_ref(node);
+            self.unlist_hot(target, false);
             if let Some((key, ())) = self.map.remove_if(node.path.as_str(), |k, _| k.0 == target) {
                 struct SendPtr(NonNull<Node>);
                 // SAFETY: the node is unreachable from the map and dead; the
@@ -285,6 +330,34 @@ mod imp {
         /// Number of nodes in the map (dead ones not yet removed included).
         pub(crate) fn len(&self) -> usize {
             self.map.len()
+        }
+
+        /// Puts a listed node in the hot index. Call under its queue lock.
+        pub(crate) fn list_hot(&self, node: NodeRef) {
+            // SAFETY: listed, so live.
+            let slot = hot_slot(unsafe { node.get() }.path.as_str());
+            self.hot_count.fetch_add(1, Ordering::Relaxed);
+            self.hot[slot].store(node.0.as_ptr(), Ordering::Release);
+        }
+
+        /// Takes a node out of the hot index if it is there. `listed`: the
+        /// node is being unlisted (not just evicted).
+        pub(crate) fn unlist_hot(&self, node: NodeRef, listed: bool) {
+            if listed {
+                self.hot_count.fetch_sub(1, Ordering::Relaxed);
+            }
+            // SAFETY: the callers hold a live node (being unlisted or
+            // evicted, not yet freed).
+            let slot = hot_slot(unsafe { node.get() }.path.as_str());
+            if self.hot[slot].load(Ordering::Relaxed) != node.0.as_ptr() {
+                return;
+            }
+            let _ = self.hot[slot].compare_exchange(
+                node.0.as_ptr(),
+                std::ptr::null_mut(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -363,6 +436,12 @@ mod imp {
             map.insert(name.into(), fresh);
             fresh
         }
+
+        /// No hot index under loom.
+        pub(crate) fn list_hot(&self, _node: NodeRef) {}
+
+        /// No hot index under loom.
+        pub(crate) fn unlist_hot(&self, _node: NodeRef, _listed: bool) {}
 
         pub(crate) fn evict(&self, _pin: &Pin, node: &Node) {
             assert!(node.state.load().is_dead(), "evicting a live node");

@@ -24,6 +24,7 @@ use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
 use crate::park::Waiter;
 use crate::path::ParsedPath;
+use crate::prepared::OwnedPrepared;
 use crate::sync::Arc;
 use crate::table::NodeRef;
 use crate::tree::LockTree;
@@ -33,16 +34,25 @@ use crate::{Error, Mode};
 enum Target {
     /// A path, looked up level by level.
     Path(ParsedPath<'static>),
-    /// A prepared handle's pinned nodes, root first; the future borrows the
-    /// handle, so they stay pinned while it lives.
-    Nodes(SmallVec<[NodeRef; 8]>),
+    /// A prepared handle's pinned nodes, root first, and, for a child of
+    /// the handle, the full path whose levels below them are looked up.
+    /// `_keep` owns pins of its own (a `'static` future); otherwise the
+    /// future borrows the handle, whose pins keep the nodes alive.
+    Nodes {
+        nodes: SmallVec<[NodeRef; 8]>,
+        below: Option<ParsedPath<'static>>,
+        /// Only kept for its pins, dropped after the future's own `Drop`
+        /// has released everything.
+        _keep: Option<OwnedPrepared>,
+    },
 }
 
 impl Target {
     fn depth(&self) -> usize {
         match self {
             Target::Path(p) => p.depth,
-            Target::Nodes(n) => n.len() - 1,
+            Target::Nodes { below: Some(p), .. } => p.depth,
+            Target::Nodes { nodes, .. } => nodes.len() - 1,
         }
     }
 }
@@ -106,7 +116,11 @@ impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
                         let name = (self.level > 0).then(|| path.prefix(self.level));
                         self.tree.node(&pin, name)
                     }
-                    Target::Nodes(nodes) => nodes[self.level],
+                    Target::Nodes { nodes, .. } if self.level < nodes.len() => nodes[self.level],
+                    Target::Nodes { below, .. } => {
+                        let path = below.as_ref().expect("levels below the handle have a path");
+                        self.tree.node(&pin, Some(path.prefix(self.level)))
+                    }
                 };
                 // SAFETY: pinned since the lookup (or by the prepared
                 // handle this future borrows).
@@ -178,10 +192,21 @@ impl<'a> LockFuture<'a> {
         LockFuture(RawLockFuture::new(tree, path.map(Target::Path), mode))
     }
 
-    /// A future over a prepared handle's nodes; `'a` must not outlive the
-    /// handle (its pins keep the nodes alive).
-    pub(crate) fn for_nodes(tree: &'a LockTree, nodes: SmallVec<[NodeRef; 8]>, mode: Mode) -> Self {
-        LockFuture(RawLockFuture::new(tree, Ok(Target::Nodes(nodes)), mode))
+    /// A future over a prepared handle's nodes (and, for a child of the
+    /// handle, the levels of `below` under them); `'a` must not outlive
+    /// the handle (its pins keep the nodes alive).
+    pub(crate) fn for_nodes(
+        tree: &'a LockTree,
+        nodes: SmallVec<[NodeRef; 8]>,
+        below: Result<Option<ParsedPath<'static>>, Error>,
+        mode: Mode,
+    ) -> Self {
+        let target = below.map(|below| Target::Nodes {
+            nodes,
+            below,
+            _keep: None,
+        });
+        LockFuture(RawLockFuture::new(tree, target, mode))
     }
 }
 
@@ -192,6 +217,24 @@ impl OwnedLockFuture {
         mode: Mode,
     ) -> Self {
         OwnedLockFuture(RawLockFuture::new(tree, path.map(Target::Path), mode))
+    }
+
+    /// A future that owns `keep`, a handle of its own on a prepared path's
+    /// nodes, and locks that path or, with `below`, a path under it.
+    pub(crate) fn for_prepared(
+        tree: StdArc<LockTree>,
+        keep: Result<OwnedPrepared, Error>,
+        below: Result<Option<ParsedPath<'static>>, Error>,
+        mode: Mode,
+    ) -> Self {
+        let target = keep.and_then(|keep| {
+            Ok(Target::Nodes {
+                nodes: keep.nodes().clone(),
+                below: below?,
+                _keep: Some(keep),
+            })
+        });
+        OwnedLockFuture(RawLockFuture::new(tree, target, mode))
     }
 }
 

@@ -31,7 +31,7 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use crate::bias::Hold;
-use crate::future::LockFuture;
+use crate::future::{LockFuture, OwnedLockFuture};
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
 use crate::park::Waiter;
@@ -154,6 +154,35 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             wait,
         )?;
         Ok(held)
+    }
+
+    /// The full path of `rel` below this handle, owned (for futures);
+    /// `None` if `rel` is empty (the handle's own path).
+    fn child_path<'p>(&self, rel: impl IntoPath<'p>) -> Result<Option<ParsedPath<'static>>, Error> {
+        let tree = &*self.tree;
+        let sep = tree.separator();
+        let base_depth = self.nodes.len() - 1;
+        let rel = rel.into_parsed(sep, tree.max_depth())?;
+        let depth = base_depth + rel.depth;
+        if depth > tree.max_depth() {
+            return Err(too_deep(
+                || format!("{}{sep}{}", self.path(), rel.text),
+                depth,
+                tree.max_depth(),
+            ));
+        }
+        if rel.depth == 0 {
+            return Ok(None);
+        }
+        let base = self.path().as_str();
+        let text = if base.is_empty() {
+            rel.text.to_string()
+        } else {
+            format!("{base}{sep}{}", rel.text)
+        };
+        Ok(Some(
+            ParsedPath::from_normalized(&text, depth, sep).into_owned(),
+        ))
     }
 
     /// Takes every pinned level, root first, pushing each onto `held`:
@@ -372,7 +401,16 @@ macro_rules! prepared_methods {
             /// [`LockTree::lock_async`] does (cancel-safe; the future
             /// borrows the handle).
             pub fn lock_async(&self, mode: Mode) -> LockFuture<'_> {
-                LockFuture::for_nodes(&self.0.tree, self.0.nodes.clone(), mode)
+                LockFuture::for_nodes(&self.0.tree, self.0.nodes.clone(), Ok(None), mode)
+            }
+
+            /// Locks `child`, a path relative to this handle's, from async
+            /// code: [`lock_child`](Self::lock_child) as a cancel-safe
+            /// future (the handle's levels without lookups, the rest looked
+            /// up; the future borrows the handle).
+            pub fn lock_child_async<'p>(&self, child: impl IntoPath<'p>, mode: Mode) -> LockFuture<'_> {
+                let below = self.0.child_path(child);
+                LockFuture::for_nodes(&self.0.tree, self.0.nodes.clone(), below, mode)
             }
         }
 
@@ -412,6 +450,64 @@ impl OwnedPrepared {
     pub fn lock_owned_timeout(&self, mode: Mode, timeout: Duration) -> Result<OwnedGuard, Error> {
         let held = self.0.acquire(mode, Wait::timeout(timeout))?;
         Ok(OwnedGuard::new(self.0.tree.clone(), held))
+    }
+
+    /// Like [`lock_async`](Self::lock_async), as a `'static` future (for
+    /// `tokio::spawn`) resolving to an [`OwnedGuard`]: the future keeps
+    /// its own pins on the handle's nodes, so the handle may go first.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use hierlock::{LockTree, Mode};
+    ///
+    /// let tree = Arc::new(LockTree::new());
+    /// let table = tree.prepare_owned("/db/orders")?;
+    /// let table_lock = table.lock_owned_async(Mode::IX);
+    /// let row_lock = table.lock_child_owned_async("17", Mode::X);
+    /// drop(table);
+    /// let (t, r) = futures::executor::block_on(async {
+    ///     (table_lock.await, row_lock.await)
+    /// });
+    /// assert_eq!(r?.path().to_string(), "/db/orders/17");
+    /// drop(t?);
+    /// # Ok::<(), hierlock::Error>(())
+    /// ```
+    pub fn lock_owned_async(&self, mode: Mode) -> OwnedLockFuture {
+        OwnedLockFuture::for_prepared(self.0.tree.clone(), self.duplicate(), Ok(None), mode)
+    }
+
+    /// Like [`lock_child_async`](Self::lock_child_async), as a `'static`
+    /// future resolving to an [`OwnedGuard`] (see
+    /// [`lock_owned_async`](Self::lock_owned_async)).
+    pub fn lock_child_owned_async<'p>(
+        &self,
+        child: impl IntoPath<'p>,
+        mode: Mode,
+    ) -> OwnedLockFuture {
+        let below = self.0.child_path(child);
+        OwnedLockFuture::for_prepared(self.0.tree.clone(), self.duplicate(), below, mode)
+    }
+
+    /// Another handle on the same nodes, with pins of its own.
+    fn duplicate(&self) -> Result<OwnedPrepared, Error> {
+        let mut copy = RawPrepared {
+            tree: self.0.tree.clone(),
+            nodes: SmallVec::with_capacity(self.0.nodes.len()),
+        };
+        copy.nodes.push(self.0.nodes[0]);
+        for &node in &self.0.nodes[1..] {
+            // SAFETY: pinned by `self`. On error `copy` drops and unpins
+            // what it pinned.
+            let pinned = unsafe { node.get() }.pin()?;
+            debug_assert!(pinned, "a pinned node is never dead");
+            copy.nodes.push(node);
+        }
+        Ok(OwnedPrepared(copy))
+    }
+
+    /// The pinned nodes, root first.
+    pub(crate) fn nodes(&self) -> &SmallVec<[NodeRef; 8]> {
+        &self.0.nodes
     }
 }
 

@@ -167,3 +167,77 @@ fn handles_made_and_dropped_while_others_lock_and_release() {
     assert_eq!(tree.node_count(), 0);
     assert!(tree.try_lock("/", Mode::X).is_ok());
 }
+
+#[test]
+fn lock_child_async_locks_below_the_handle_and_cancels_cleanly() {
+    let tree = LockTree::new();
+    let t = tree.prepare("/db/t").unwrap();
+    let g = futures::executor::block_on(t.lock_child_async("7/cell", Mode::X)).unwrap();
+    assert_eq!(g.path().to_string(), "/db/t/7/cell");
+    assert_eq!(g.mode(), Mode::X);
+    // The intentions are on the handle's levels and the row.
+    assert_eq!(
+        tree.try_lock("/db/t", Mode::S).unwrap_err(),
+        Error::WouldBlock
+    );
+    assert_eq!(
+        tree.try_lock("/db/t/7", Mode::S).unwrap_err(),
+        Error::WouldBlock
+    );
+    assert!(tree.try_lock("/db/t/8", Mode::X).is_ok());
+    {
+        // Queued behind the X: dropped while waiting, nothing stays queued.
+        let mut fut = Box::pin(t.lock_child_async("7/cell", Mode::S));
+        assert!((&mut fut).now_or_never().is_none(), "must wait for the X");
+        assert_eq!(tree.inspect("/db/t/7/cell").unwrap().waiting.len(), 1);
+    }
+    assert!(tree.inspect("/db/t/7/cell").unwrap().waiting.is_empty());
+    drop(g);
+    // An empty child is the handle's own path; bad input is an error.
+    let own = futures::executor::block_on(t.lock_child_async("", Mode::S)).unwrap();
+    assert_eq!(own.path().to_string(), "/db/t");
+    drop(own);
+    assert!(matches!(
+        futures::executor::block_on(t.lock_child_async("a//b", Mode::S)),
+        Err(Error::InvalidPath { .. })
+    ));
+    drop(t);
+    assert_eq!(tree.node_count(), 0);
+}
+
+#[test]
+fn owned_async_locks_outlive_the_handle_and_keep_its_nodes() {
+    let tree = Arc::new(LockTree::new());
+    let t = tree.prepare_owned("/db/t").unwrap();
+    let x = tree.lock("/db/t", Mode::X).unwrap();
+    let table = t.lock_owned_async(Mode::IX);
+    let row = t.lock_child_owned_async("9", Mode::X);
+    drop(t); // the futures keep the nodes pinned
+    assert_eq!(tree.inspect("/db/t").unwrap().prepared, 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let (table, row) = rt.block_on(async move {
+        let table = tokio::spawn(table);
+        let row = tokio::spawn(row);
+        tokio::task::yield_now().await;
+        drop(x);
+        (table.await.unwrap(), row.await.unwrap())
+    });
+    let (table, row) = (table.unwrap(), row.unwrap());
+    assert_eq!(table.mode(), Mode::IX);
+    assert_eq!(row.path().to_string(), "/db/t/9");
+    assert!(tree.inspect("/db/t").unwrap().prepared == 0);
+    drop((table, row));
+    assert_eq!(tree.node_count(), 0);
+
+    // Dropped before being polled: the pins go with it.
+    let t = tree.prepare_owned("/db/u").unwrap();
+    let fut = t.lock_child_owned_async("1", Mode::S);
+    assert_eq!(tree.inspect("/db/u").unwrap().prepared, 2);
+    drop(fut);
+    assert_eq!(tree.inspect("/db/u").unwrap().prepared, 1);
+    drop(t);
+    assert_eq!(tree.node_count(), 0);
+}

@@ -258,32 +258,38 @@
 //! `CARGO_TARGET_DIR=... cargo test --release --features redis --test
 //! redis_measure -- --ignored --nocapture` against a local Redis 7.0.15 on
 //! this project's 2-core VM. The machine was never quiet during these runs
-//! (another engineer's mutation tests and Miri: load average 5.6-6.3), so
-//! the text-encoding build (da95b49) ran alternately with it, three runs
-//! each, best of three per figure; under load both are slower than on an
+//! (another engineer's mutation tests and Miri: load average 2.6-6.3), so
+//! the text-encoding build (da95b49) ran alternately with it, six runs
+//! each, best of six per figure; under load both are slower than on an
 //! idle machine, where the text encoding measured 50.4-50.9 / 42.8-47.3
 //! usec at depth 1. 500 X locks at the given depth are taken and held (so
 //! the root carries 500 intention holds), then released.
 //!
 //! | depth | client commands per acquire + release | one key per ancestor (2(d+1)) | commands inside the scripts | `FCALL` usec_per_call acquire / release | text encoding, same runs |
 //! |---|---|---|---|---|---|
-//! | 1 | 2.00 | 4  | 13.0 | 52.3 / 36.5 | 74.7 / 63.3 |
-//! | 4 | 2.00 | 10 | 28.0 | 77.1 / 65.1 | 125.8 / 136.7 |
-//! | 8 | 2.00 | 18 | 48.0 | 111.4 / 105.5 | 197.8 / 227.2 |
+//! | 1 | 2.00 | 4  | 13.0 | 50.2 / 35.8 | 66.9 / 51.6 |
+//! | 4 | 2.00 | 10 | 28.0 | 72.0 / 63.6 | 104.3 / 118.0 |
+//! | 8 | 2.00 | 18 | 48.0 | 106.5 / 100.4 | 172.9 / 191.8 |
 //!
-//! That is 30% / 42% less server time at depth 1, 39% / 52% at depth 4 and
-//! 44% / 54% at depth 8. On a quieter server (load average about 1; both
+//! That is 25% / 31% less server time at depth 1, 31% / 46% at depth 4 and
+//! 38% / 48% at depth 8 (medians of the six: 52.8 / 36.6 against 72.8 /
+//! 64.2 at depth 1). On a quieter server (load average about 1; both
 //! libraries loaded side by side and called alternately, see the last
 //! paragraphs below) the same change measured 46.9 -> 33.5 usec per
 //! acquire and 43.4 -> 23.6 per release at depth 1, below the 44 usec
-//! that issue 7 quotes for a full acquire script; counted in server
+//! that issue 7 quotes for a full acquire script. The `redis_measure`
+//! acquire itself stayed above 44 usec under the load of these runs (50.2
+//! at best: its calls arrive one at a time, each on cold caches, where
+//! the side-by-side run pipelines them); no quiet moment came to re-take
+//! it, and at the ratio measured here (0.70-0.75 of the text encoding's)
+//! the quiet 50.4 would become about 36-38 usec. Counted in server
 //! instructions (callgrind, independent of the load) it is 202,000 ->
-//! 137,000 and 197,000 -> 103,000. In the same loaded runs: 1,670-2,280
-//! lock + unlock cycles per second with 1 client and 2,950-4,360 with 16
-//! (X at depth 3, disjoint nodes; the text encoding 1,340-1,940 and
-//! 2,360-2,790), and a waiter granted a median 0.83-0.91 ms after the
-//! holder's `unlock` started (text encoding 0.75-0.87 ms; this is the
-//! client's hand-offs and pub/sub, not the scripts). What is left per
+//! 137,000 and 197,000 -> 103,000. In the same loaded runs: 1,670-3,150
+//! lock + unlock cycles per second with 1 client and 2,950-5,190 with 16
+//! (X at depth 3, disjoint nodes; the text encoding 1,340-3,010 and
+//! 2,210-4,140), and a waiter granted a median 0.43-0.91 ms after the
+//! holder's `unlock` started (text encoding 0.70-0.87 ms; this is mostly
+//! the client's hand-offs and pub/sub, not the scripts). What is left per
 //! call at depth 1 (137,000 instructions): about 25,000 for any `FCALL`
 //! with three keys and eight arguments, the client's I/O included; 3,500
 //! to 10,000 for each of the seven commands the acquire runs (`TIME`, two

@@ -41,7 +41,15 @@
 //!   waits for the other can never both be granted; the one whose wait would
 //!   close the cycle gets [`Error::Deadlock`] before it queues.
 //!
-//! Invariant: `WAITING` is set in the state word iff the queue is non-empty.
+//! - **Bias.** A hot node may be biased (see `bias.rs`): holds of one class
+//!   of modes then live in per-core slots, and the word carries a phantom
+//!   holder for them. The slow path revokes the bias (folds the slots into
+//!   the word) under the queue lock before it looks at the word, so every
+//!   decision below is made on exact counts; and a node is only biased,
+//!   under the same lock, while its queue is empty.
+//!
+//! Invariants: `WAITING` is set in the state word iff the queue is
+//! non-empty; `WAITING` and `BIASED` are never set together.
 
 use std::collections::VecDeque;
 

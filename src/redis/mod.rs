@@ -257,38 +257,39 @@
 //! Current figures (binary encoding, the scripts of commit f042698), from
 //! `CARGO_TARGET_DIR=... cargo test --release --features redis --test
 //! redis_measure -- --ignored --nocapture` against a local Redis 7.0.15 on
-//! this project's 2-core VM. The machine was never quiet during these runs
-//! (another engineer's mutation tests and Miri: load average 2.6-6.3), so
-//! the text-encoding build (da95b49) ran alternately with it, six runs
-//! each, best of six per figure; under load both are slower than on an
-//! idle machine, where the text encoding measured 50.4-50.9 / 42.8-47.3
-//! usec at depth 1. 500 X locks at the given depth are taken and held (so
-//! the root carries 500 intention holds), then released.
+//! this project's 2-core VM, shared with another engineer's tests. 500 X
+//! locks at the given depth are taken and held (so the root carries 500
+//! intention holds), then released. Nine runs at load average 1.0-1.6,
+//! the text-encoding build (da95b49) three times in between; best run
+//! per figure:
 //!
-//! | depth | client commands per acquire + release | one key per ancestor (2(d+1)) | commands inside the scripts | `FCALL` usec_per_call acquire / release | text encoding, same runs |
+//! | depth | client commands per acquire + release | one key per ancestor (2(d+1)) | commands inside the scripts | `FCALL` usec_per_call acquire / release | text encoding, same period |
 //! |---|---|---|---|---|---|
-//! | 1 | 2.00 | 4  | 13.0 | 50.2 / 35.8 | 66.9 / 51.6 |
-//! | 4 | 2.00 | 10 | 28.0 | 72.0 / 63.6 | 104.3 / 118.0 |
-//! | 8 | 2.00 | 18 | 48.0 | 106.5 / 100.4 | 172.9 / 191.8 |
+//! | 1 | 2.00 | 4  | 13.0 | 41.7 / 27.2 | 61.1 / 51.5 |
+//! | 4 | 2.00 | 10 | 28.0 | 62.4 / 54.3 | 103.2 / 111.6 |
+//! | 8 | 2.00 | 18 | 48.0 | 93.2 / 89.2 | 163.2 / 194.1 |
 //!
-//! That is 25% / 31% less server time at depth 1, 31% / 46% at depth 4 and
-//! 38% / 48% at depth 8 (medians of the six: 52.8 / 36.6 against 72.8 /
-//! 64.2 at depth 1). On a quieter server (load average about 1; both
-//! libraries loaded side by side and called alternately, see the last
-//! paragraphs below) the same change measured 46.9 -> 33.5 usec per
-//! acquire and 43.4 -> 23.6 per release at depth 1, below the 44 usec
-//! that issue 7 quotes for a full acquire script. The `redis_measure`
-//! acquire itself stayed above 44 usec under the load of these runs (50.2
-//! at best: its calls arrive one at a time, each on cold caches, where
-//! the side-by-side run pipelines them); no quiet moment came to re-take
-//! it, and at the ratio measured here (0.70-0.75 of the text encoding's)
-//! the quiet 50.4 would become about 36-38 usec. Counted in server
-//! instructions (callgrind, independent of the load) it is 202,000 ->
-//! 137,000 and 197,000 -> 103,000. In the same loaded runs: 1,670-3,150
-//! lock + unlock cycles per second with 1 client and 2,950-5,190 with 16
-//! (X at depth 3, disjoint nodes; the text encoding 1,340-3,010 and
-//! 2,210-4,140), and a waiter granted a median 0.43-0.91 ms after the
-//! holder's `unlock` started (text encoding 0.70-0.87 ms; this is mostly
+//! The depth-1 acquire is the noisiest figure (41.7 to 82.3 usec over the
+//! nine runs, median 48.8, against 61.1 to 71.4 for the text encoding):
+//! it is the first phase of a run on a fresh server (whose memory is
+//! probably still being faulted in; a pipelined run on a fresh server
+//! showed the same, 43-52 usec in its first rounds and 30-32 after), and
+//! its calls arrive one at a time, each on caches that other processes
+//! have just used. The text encoding itself
+//! measured 50.4-50.9 / 42.8-47.3 usec at depth 1 on an idle machine
+//! earlier; at the ratio measured here (about 0.68 of its time) an idle
+//! run should show about 35 usec (an estimate: no idle moment came). Earlier, under load average 2.6-6.3 (six
+//! runs each, alternating): 50.2 / 35.8, 72.0 / 63.6, 106.5 / 100.4 usec
+//! against 66.9 / 51.6, 104.3 / 118.0, 172.9 / 191.8. With both libraries
+//! loaded side by side on one server and called alternately with the
+//! calls pipelined (load about 1; see the last paragraphs below): 46.9 ->
+//! 33.5 usec per acquire and 43.4 -> 23.6 per release at depth 1. Counted
+//! in server instructions (callgrind, independent of the load) it is 202,000 ->
+//! 137,000 and 197,000 -> 103,000. In the nine runs: 2,970-4,000 lock +
+//! unlock cycles per second with 1 client and 4,730-7,140 with 16 (X at
+//! depth 3, disjoint nodes; the text encoding 3,030-3,190 and
+//! 3,690-4,590), and a waiter granted a median 0.50-0.87 ms after the
+//! holder's `unlock` started (text encoding 0.65-0.86 ms; this is mostly
 //! the client's hand-offs and pub/sub, not the scripts). What is left per
 //! call at depth 1 (137,000 instructions): about 25,000 for any `FCALL`
 //! with three keys and eight arguments, the client's I/O included; 3,500

@@ -93,6 +93,23 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         Ok(held)
     }
 
+    /// Parses `rel`, a path relative to this one, and checks the depth of
+    /// the whole: `(rel, depth of the child)`.
+    fn parse_child<'p>(&self, rel: impl IntoPath<'p>) -> Result<(ParsedPath<'p>, usize), Error> {
+        let tree = &*self.tree;
+        let rel = rel.into_parsed(tree.separator(), tree.max_depth())?;
+        let depth = self.nodes.len() - 1 + rel.depth;
+        if depth > tree.max_depth() {
+            let sep = tree.separator();
+            return Err(too_deep(
+                || format!("{}{sep}{}", self.path(), rel.text),
+                depth,
+                tree.max_depth(),
+            ));
+        }
+        Ok((rel, depth))
+    }
+
     /// Locks `rel`, a path relative to this one: the pinned levels in
     /// `mode`'s intention, then the levels below them looked up as
     /// `LockTree::lock` does.
@@ -104,16 +121,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     ) -> Result<Held, Error> {
         let tree = &*self.tree;
         let sep = tree.separator();
-        let base_depth = self.nodes.len() - 1;
-        let rel = rel.into_parsed(sep, tree.max_depth())?;
-        let depth = base_depth + rel.depth;
-        if depth > tree.max_depth() {
-            return Err(too_deep(
-                || format!("{}{sep}{}", self.path(), rel.text),
-                depth,
-                tree.max_depth(),
-            ));
-        }
+        let (rel, depth) = self.parse_child(rel)?;
         if rel.depth == 0 {
             return self.acquire(mode, wait);
         }
@@ -159,18 +167,8 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     /// The full path of `rel` below this handle, owned (for futures);
     /// `None` if `rel` is empty (the handle's own path).
     fn child_path<'p>(&self, rel: impl IntoPath<'p>) -> Result<Option<ParsedPath<'static>>, Error> {
-        let tree = &*self.tree;
-        let sep = tree.separator();
-        let base_depth = self.nodes.len() - 1;
-        let rel = rel.into_parsed(sep, tree.max_depth())?;
-        let depth = base_depth + rel.depth;
-        if depth > tree.max_depth() {
-            return Err(too_deep(
-                || format!("{}{sep}{}", self.path(), rel.text),
-                depth,
-                tree.max_depth(),
-            ));
-        }
+        let sep = self.tree.separator();
+        let (rel, depth) = self.parse_child(rel)?;
         if rel.depth == 0 {
             return Ok(None);
         }

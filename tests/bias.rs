@@ -430,20 +430,31 @@ fn writer_blocked_by_slot_intentions_is_woken_on_the_parent() {
     writer_is_woken_by_slot_readers("/db/t", Mode::IX, "/");
 }
 
-#[test]
-fn writer_blocked_by_a_single_slot_reader_is_woken() {
-    let tree = Arc::new(always());
-    drop(tree.lock("/hot", Mode::S).unwrap());
+/// A thread that takes S on `path` (through its slot, the node being
+/// biased) and holds it until told to let go on the returned sender;
+/// returns once the S is held.
+fn reader_holding(
+    tree: &Arc<LockTree>,
+    path: &'static str,
+) -> (thread::JoinHandle<()>, mpsc::Sender<()>) {
     let (held_tx, held_rx) = mpsc::channel();
     let (rel_tx, rel_rx) = mpsc::channel::<()>();
     let t = tree.clone();
     let reader = thread::spawn(move || {
-        let g = t.lock("/hot", Mode::S).unwrap();
+        let g = t.lock(path, Mode::S).unwrap();
         held_tx.send(()).unwrap();
         rel_rx.recv().unwrap();
         drop(g);
     });
     held_rx.recv_timeout(LONG).unwrap();
+    (reader, rel_tx)
+}
+
+#[test]
+fn writer_blocked_by_a_single_slot_reader_is_woken() {
+    let tree = Arc::new(always());
+    drop(tree.lock("/hot", Mode::S).unwrap());
+    let (reader, rel_tx) = reader_holding(&tree, "/hot");
     let t = tree.clone();
     let (got_tx, got_rx) = mpsc::channel();
     let writer = thread::spawn(move || {
@@ -701,16 +712,7 @@ fn conversions_of_the_word_hold_that_biased_the_node_beside_a_slot_holder() {
 fn blocking_upgrade_of_a_slot_guard_waits_for_the_other_slot_readers() {
     let tree = Arc::new(always());
     drop(tree.lock("/u", Mode::S).unwrap());
-    let (held_tx, held_rx) = mpsc::channel();
-    let (rel_tx, rel_rx) = mpsc::channel::<()>();
-    let t = tree.clone();
-    let reader = thread::spawn(move || {
-        let g = t.lock("/u", Mode::S).unwrap();
-        held_tx.send(()).unwrap();
-        rel_rx.recv().unwrap();
-        drop(g);
-    });
-    held_rx.recv_timeout(LONG).unwrap();
+    let (reader, rel_tx) = reader_holding(&tree, "/u");
     let t = tree.clone();
     let (got_tx, got_rx) = mpsc::channel();
     let upgrader = thread::spawn(move || {

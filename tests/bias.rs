@@ -42,7 +42,7 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::Duration;
 
-use common::{compatible, covers, intention, wait_until_queued, watchdog, MODES};
+use common::{compatible, covers, granted, intention, wait_until_queued, watchdog, MODES};
 use hierlock::{Bias, Error, Guard, LockTree, Mode, NodeInfo, MAX_BIASED, MAX_SHARED_HOLDERS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,18 +52,6 @@ const LONG: Duration = Duration::from_secs(30);
 
 fn always() -> LockTree {
     LockTree::builder().bias(Bias::Always).build()
-}
-
-/// `try_lock` either succeeds or says `WouldBlock`; anything else fails.
-fn granted(tree: &LockTree, path: &str, mode: Mode) -> bool {
-    match tree.try_lock(path, mode) {
-        Ok(g) => {
-            assert_eq!(g.mode(), mode);
-            true
-        }
-        Err(Error::WouldBlock) => false,
-        Err(e) => panic!("try_lock({path:?}, {mode}): unexpected {e:?}"),
-    }
 }
 
 /// The anonymous holders of a node, as (mode, count), sorted.

@@ -3,20 +3,8 @@
 
 mod common;
 
-use common::{compatible, intention, MODES};
-use hierlock::{Error, LockTree, Mode};
-
-/// `try_lock` either succeeds or says `WouldBlock`; anything else fails.
-fn granted(tree: &LockTree, path: &str, mode: Mode) -> bool {
-    match tree.try_lock(path, mode) {
-        Ok(g) => {
-            assert_eq!(g.mode(), mode);
-            true
-        }
-        Err(Error::WouldBlock) => false,
-        Err(e) => panic!("try_lock({path:?}, {mode}): unexpected {e:?}"),
-    }
-}
+use common::{compatible, granted, intention, MODES};
+use hierlock::{LockTree, Mode};
 
 #[test]
 fn whole_matrix_on_one_node() {

@@ -9,6 +9,18 @@ use std::time::{Duration, Instant};
 
 use hierlock::{Error, LockTree, Mode};
 
+/// `try_lock` either succeeds or says `WouldBlock`; anything else fails.
+pub fn granted(tree: &LockTree, path: &str, mode: Mode) -> bool {
+    match tree.try_lock(path, mode) {
+        Ok(g) => {
+            assert_eq!(g.mode(), mode);
+            true
+        }
+        Err(Error::WouldBlock) => false,
+        Err(e) => panic!("try_lock({path:?}, {mode}): unexpected {e:?}"),
+    }
+}
+
 /// The five modes, weakest first.
 pub const MODES: [Mode; 5] = [Mode::IS, Mode::IX, Mode::S, Mode::SIX, Mode::X];
 

@@ -27,7 +27,7 @@ if [ "${SKIP_REDIS:-0}" != 1 ]; then
   command -v redis-server >/dev/null || { echo "redis-server not on PATH (apt-get install redis-server)"; exit 1; }
   cargo test --features redis --lib redis::
   command -v redis-cli >/dev/null || { echo "redis-cli not on PATH (apt-get install redis-tools)"; exit 1; }
-  cargo test --features redis --test redis_locks --test redis_processes --test redis_connections --test redis_cluster
+  cargo test --features redis --test redis_locks --test redis_processes --test redis_connections --test redis_cluster --test redis_replication
 fi
 
 if [ "${SKIP_LOOM:-0}" != 1 ]; then

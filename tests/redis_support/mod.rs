@@ -378,3 +378,63 @@ pub fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+impl RedisServer {
+    /// A `redis-server` replicating `primary` (`--replicaof 127.0.0.1
+    /// <primary port>`) on its own free loopback port, killed on drop. It
+    /// answers `PING` when this returns; see [`wait_for_replica`] for the
+    /// sync.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let port = primary.port.to_string();
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &port])
+    }
+}
+
+/// `INFO replication` of a server, as text.
+pub fn info_replication(con: &mut redis::Connection) -> String {
+    redis::cmd("INFO")
+        .arg("replication")
+        .query(con)
+        .expect("INFO replication")
+}
+
+/// Waits until `primary` has exactly one connected replica, `replica`,
+/// online (`connected_slaves:1` with its port and `state=online`),
+/// `replica` reports `master_link_status:up`, and a write to the primary
+/// (the key `hierlock-test:repl-probe`) is confirmed by `WAIT 1 100`: right
+/// after a sync the first `WAIT`s can go unconfirmed for up to a second
+/// although `INFO` already says online. Fails the test after 20 s.
+pub fn wait_for_replica(primary: &RedisServer, replica: &RedisServer) {
+    let (mut p, mut r) = (primary.conn(), replica.conn());
+    let slave = format!("port={},state=online", replica.port);
+    let t0 = Instant::now();
+    loop {
+        let (pi, ri) = (info_replication(&mut p), info_replication(&mut r));
+        if pi.contains("connected_slaves:1\r\n")
+            && pi.contains(&slave)
+            && ri.contains("master_link_status:up")
+        {
+            let () = redis::cmd("SET")
+                .arg("hierlock-test:repl-probe")
+                .arg(t0.elapsed().as_micros() as u64)
+                .query(&mut p)
+                .expect("SET the probe key");
+            let acked: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(100)
+                .query(&mut p)
+                .expect("WAIT for the probe");
+            if acked >= 1 {
+                return;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "replica on port {} did not sync with the primary on port {} within 20 s:\n\
+             primary: {pi}\nreplica: {ri}",
+            replica.port,
+            primary.port
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

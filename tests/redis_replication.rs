@@ -6,8 +6,8 @@
 //! holder; well before the lease could have expired); a replica killed
 //! with SIGKILL makes the next acquisition fail the same way (within a hang
 //! guard) and leave nothing held, and a new replica makes acquisitions work
-//! again. One test (ignored, a known bug) checks that the give-back has
-//! happened by the time the error is returned.
+//! again. One test checks that the give-back has happened by the time the
+//! error is returned.
 #![cfg(feature = "redis")]
 
 mod redis_support;
@@ -209,16 +209,9 @@ fn too_few_replicas_fail_and_give_the_lock_back() {
 /// What `wait_for_replicas` documents ("the lock is given back and the
 /// request fails"; the error says "it was given back"): by the time the
 /// error is returned, the hold is gone, so another tree can take X on the
-/// path at once. It is not: the give-back is
-/// `Cleanup::drop` (src/redis/mod.rs), which only *spawns* the release
-/// script on the runtime, and `acquire` returns the WAIT error through `?`
-/// before that task has run; `inspect` right after the error shows the
-/// failed request's hold in most rounds and a plain `try_lock` X gets
-/// `WouldBlock` now and then.
+/// path at once. (It once failed in most rounds: the give-back only
+/// spawned the release script and the error returned before it ran.)
 #[test]
-#[ignore = "BUG: the hold of a grant that too few replicas confirmed is released \
-            in the background after the Error::Backend is returned (Cleanup::drop spawns \
-            the release), so right after the error it is often still held"]
 fn too_few_replicas_gave_the_lock_back_when_the_error_returns() {
     let primary = primary();
     let replica = RedisServer::start_replica_of(&primary);

@@ -1388,7 +1388,28 @@ impl Shared {
                 let token = a as u64;
                 let lease = Duration::from_millis(b.max(0) as u64);
                 if let Some((n, t)) = self.replicas {
-                    self.wait_replicas(n, t).await?;
+                    if let Err(e) = self.wait_replicas(n, t).await {
+                        // Give the grant back before reporting, so that the
+                        // error's "it was given back" holds when it returns.
+                        // If that fails too, `cleanup` retries it in the
+                        // background (the lease bounds it either way).
+                        let args = self.args(&[&id, "0"]);
+                        return match self
+                            .eval(&self.scripts.release, &target.keys, &args, None, None)
+                            .await
+                        {
+                            Ok(_) => {
+                                cleanup.armed = false;
+                                Err(e)
+                            }
+                            Err(re) => Err(Error::Backend {
+                                message: format!(
+                                    "{e}; but giving it back failed ({}): it is released in the background or runs out with its lease",
+                                    re.error
+                                ),
+                            }),
+                        };
+                    }
                 }
                 cleanup.armed = false;
                 let hold = Hold::start(self.clone(), id, target.keys, token, started + lease);

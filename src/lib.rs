@@ -64,6 +64,8 @@ mod future;
 mod guard;
 mod idle;
 mod inspect;
+#[cfg(not(loom))]
+mod lookup;
 mod mode;
 mod node;
 mod owner;

@@ -216,9 +216,6 @@ impl Node {
                 }
                 self.pins.store(pins + 1, Ordering::Relaxed);
                 self.listed.store(1, Ordering::Relaxed);
-                if !self.is_root {
-                    table.list_hot(NodeRef::from_ref(self));
-                }
                 true
             }
         };
@@ -275,9 +272,6 @@ impl Node {
             self.revoke_locked();
             debug_assert_eq!(self.listed.load(Ordering::Relaxed), 1);
             self.listed.store(0, Ordering::Relaxed);
-            if !self.is_root {
-                table.unlist_hot(NodeRef::from_ref(self), true);
-            }
         }
         self.unpin(table, pin);
     }

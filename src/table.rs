@@ -24,9 +24,11 @@
 //! 4. An acquirer that found the node before step 3 fails its CAS on `DEAD`,
 //!    calls [`Table::evict`] itself (in case it won the race to the map),
 //!    and looks the path up again, finding a fresh node.
-//! 5. Exactly one `remove_if` succeeds for a given node; that thread defers
-//!    the node's destruction to the epoch, so it is freed only once every
-//!    thread that might have read the pointer has unpinned.
+//! 5. Exactly one `remove_if` succeeds for a given node; that thread
+//!    invalidates the lookup caches' pointers to it (a stamp bump, see
+//!    `lookup.rs`), then defers the node's destruction to the epoch, so it
+//!    is freed only once every thread that might have read the pointer has
+//!    unpinned.
 //!
 //! # Why `dashmap`
 //!
@@ -39,8 +41,12 @@
 //! node created and reclaimed per lock cost 524-590 ns vs 320-353 ns at
 //! depth 1 (papaya allocates each entry and retires it through its own
 //! collector: 2.2 allocations per new node instead of 1). So the map stays
-//! `dashmap`; the lookup cost is to be attacked by not looking up at all
-//! (prepared paths, parent-to-child pointers).
+//! `dashmap`, and the lookup cost is attacked by not looking up at all:
+//! prepared paths, and a per-thread cache of the nodes each thread found
+//! last (`lookup.rs`), whose hits write no shared memory. That cache took
+//! an uncontended depth-4 lock+unlock from 1592 to 1328 instructions and
+//! 271-286 to 181-210 ns (S and X with the parent held; the evicting
+//! thread pays one more atomic add per node it frees).
 //!
 //! Under `cfg(loom)` the map is a mutex-protected `HashMap` and unlinked
 //! nodes are kept until the table drops (loom cannot model the epoch
@@ -141,12 +147,12 @@ impl NodeRef {
 mod imp {
     use std::borrow::Borrow;
     use std::hash::{Hash, Hasher};
-    use std::sync::atomic::{AtomicPtr, AtomicUsize};
 
     use dashmap::mapref::entry::Entry;
     use dashmap::DashMap;
 
     use super::*;
+    use crate::lookup::{self, Stamps};
 
     /// A map key that is the node itself, hashed and compared by its path.
     struct NodeKey(NodeRef);
@@ -195,35 +201,11 @@ mod imp {
     /// The node map.
     pub(crate) struct Table {
         map: DashMap<NodeKey, (), foldhash::fast::RandomState>,
-        /// The hot-node index: the biased nodes (see `bias.rs`), found by a
-        /// cheap hash of the name with one load and no lock, so the threads
-        /// that made a node hot stop writing the map's shard lock to find
-        /// it. Entries point only to listed (hence live) nodes: set under
-        /// the node's queue lock when it is listed, cleared when it is
-        /// unlisted and again before a dead node's destruction is deferred,
-        /// so a pinned reader's pointer stays valid. A collision just
-        /// overwrites (the other node is found through the map).
-        hot: Box<[AtomicPtr<Node>]>,
-        /// Listed nodes (set under the list's own bookkeeping): while 0,
-        /// lookups skip the hot index.
-        hot_count: AtomicUsize,
+        /// This table's part of the per-thread lookup cache.
+        stamps: Stamps,
         pub(super) idle: IdleCache,
         pub(super) biased: Mutex<VecDeque<NodeRef>>,
         pub(super) bias: Bias,
-    }
-
-    const HOT_BITS: u32 = 8;
-
-    /// The hot index's slot for `name`: its length and last eight bytes,
-    /// multiplied out (paths of one table differ at the end).
-    #[inline]
-    fn hot_slot(name: &str) -> usize {
-        let b = name.as_bytes();
-        let x = match b.last_chunk::<8>() {
-            Some(tail) => u64::from_le_bytes(*tail),
-            None => b.iter().fold(0u64, |x, &c| x << 8 | u64::from(c)),
-        } ^ (b.len() as u64).rotate_left(56);
-        (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HOT_BITS)) as usize
     }
 
     impl Table {
@@ -232,10 +214,7 @@ mod imp {
             // paths rarely share a shard lock's cache line.
             Table {
                 map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
-                hot: (0..1 << HOT_BITS)
-                    .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                    .collect(),
-                hot_count: AtomicUsize::new(0),
+                stamps: Stamps::new(),
                 idle: IdleCache::new(idle_capacity),
                 biased: Mutex::new(VecDeque::new()),
                 bias,
@@ -261,23 +240,18 @@ mod imp {
         /// It may be dead; the caller's CAS finds out.
         #[inline]
         pub(crate) fn get_or_insert(&self, _pin: &Pin, name: &str, sep: char) -> NodeRef {
-            let hot = if self.hot_count.load(Ordering::Relaxed) == 0 {
-                std::ptr::null_mut()
-            } else {
-                self.hot[hot_slot(name)].load(Ordering::Acquire)
+            let h = lookup::hash(name);
+            // The caller is pinned.
+            if let Some(node) = self.stamps.find(name, h) {
+                return node;
+            }
+            let ticket = self.stamps.ticket(h);
+            let node = match self.map.get(name) {
+                Some(entry) => entry.key().0,
+                None => self.insert(name, sep),
             };
-            if !hot.is_null() {
-                // SAFETY: the caller is pinned, and a node leaves the index
-                // before its destruction is deferred (see `hot`).
-                if unsafe { &(*hot).path }.as_str() == name {
-                    // SAFETY: non-null.
-                    return NodeRef(unsafe { NonNull::new_unchecked(hot) });
-                }
-            }
-            if let Some(entry) = self.map.get(name) {
-                return entry.key().0;
-            }
-            self.insert(name, sep)
+            self.stamps.remember(ticket, h, node);
+            node
         }
 
         #[cold]
@@ -307,17 +281,20 @@ mod imp {
         pub(crate) fn evict(&self, pin: &Pin, node: &Node) {
             debug_assert!(node.state.load().is_dead());
             let target = NodeRef::from_ref(node);
-            self.unlist_hot(target, false);
+            let h = lookup::hash(node.path.as_str());
+            self.stamps.forget(h, target);
             if let Some((key, ())) = self.map.remove_if(node.path.as_str(), |k, _| k.0 == target) {
+                self.stamps.invalidate(h);
                 struct SendPtr(NonNull<Node>);
                 // SAFETY: the node is unreachable from the map and dead; the
                 // closure only frees it, on whichever thread runs it.
                 unsafe impl Send for SendPtr {}
                 let ptr = SendPtr(key.0 .0);
                 // SAFETY: the node was removed from the map by this call
-                // (exactly one remove succeeds per node), so no new thread
-                // can find it; threads that found it earlier are pinned, and
-                // the epoch runs this only after they all unpin.
+                // (exactly one remove succeeds per node) and every cached
+                // pointer to it invalidated, so no new thread can find it;
+                // threads that found it earlier are pinned, and the epoch
+                // runs this only after they all unpin.
                 unsafe {
                     pin.0.defer_unchecked(move || {
                         let p = ptr;
@@ -330,34 +307,6 @@ mod imp {
         /// Number of nodes in the map (dead ones not yet removed included).
         pub(crate) fn len(&self) -> usize {
             self.map.len()
-        }
-
-        /// Puts a listed node in the hot index. Call under its queue lock.
-        pub(crate) fn list_hot(&self, node: NodeRef) {
-            // SAFETY: listed, so live.
-            let slot = hot_slot(unsafe { node.get() }.path.as_str());
-            self.hot_count.fetch_add(1, Ordering::Relaxed);
-            self.hot[slot].store(node.0.as_ptr(), Ordering::Release);
-        }
-
-        /// Takes a node out of the hot index if it is there. `listed`: the
-        /// node is being unlisted (not just evicted).
-        pub(crate) fn unlist_hot(&self, node: NodeRef, listed: bool) {
-            if listed {
-                self.hot_count.fetch_sub(1, Ordering::Relaxed);
-            }
-            // SAFETY: the callers hold a live node (being unlisted or
-            // evicted, not yet freed).
-            let slot = hot_slot(unsafe { node.get() }.path.as_str());
-            if self.hot[slot].load(Ordering::Relaxed) != node.0.as_ptr() {
-                return;
-            }
-            let _ = self.hot[slot].compare_exchange(
-                node.0.as_ptr(),
-                std::ptr::null_mut(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
         }
     }
 
@@ -436,12 +385,6 @@ mod imp {
             map.insert(name.into(), fresh);
             fresh
         }
-
-        /// No hot index under loom.
-        pub(crate) fn list_hot(&self, _node: NodeRef) {}
-
-        /// No hot index under loom.
-        pub(crate) fn unlist_hot(&self, _node: NodeRef, _listed: bool) {}
 
         pub(crate) fn evict(&self, _pin: &Pin, node: &Node) {
             assert!(node.state.load().is_dead(), "evicting a live node");

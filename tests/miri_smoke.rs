@@ -85,6 +85,39 @@ fn churn(tree: LockTree) {
     assert_eq!(tree.idle_node_count(), 0);
 }
 
+/// A node another thread found (and so has in its lookup cache) is freed
+/// while that thread is idle; its next lookup of the path must not follow
+/// the stale pointer (under Miri, a use after free if it did).
+#[test]
+fn lookups_after_another_thread_freed_the_node() {
+    let tree = Arc::new(LockTree::builder().idle_nodes(0).build());
+    let held = tree.lock("/t/a", Mode::S).unwrap();
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let other = {
+        let (tree, barrier) = (tree.clone(), barrier.clone());
+        thread::spawn(move || {
+            // Finds (and caches) the nodes of /t and /t/a.
+            drop(tree.lock("/t/a", Mode::S).unwrap());
+            barrier.wait();
+            barrier.wait();
+            // The cached nodes are gone; this must find new ones.
+            let g = tree.lock("/t/a", Mode::X).unwrap();
+            assert_eq!(tree.try_lock("/t", Mode::S).unwrap_err(), Error::WouldBlock);
+            drop(g);
+        })
+    };
+    barrier.wait();
+    drop(held); // the last holder: /t and /t/a are killed and evicted
+    assert_eq!(tree.node_count(), 0);
+    // Enough pins and frees for the epoch to run the deferred frees.
+    for i in 0..200 {
+        drop(tree.lock(format!("/c{i}").as_str(), Mode::X).unwrap());
+    }
+    barrier.wait();
+    other.join().unwrap();
+    assert_eq!(tree.node_count(), 0);
+}
+
 #[test]
 fn prepared_handles_across_threads() {
     let tree = Arc::new(LockTree::builder().idle_nodes(0).build());

@@ -1,0 +1,346 @@
+//! The per-thread lookup cache: the nodes this thread found last, so that
+//! finding them again writes no shared memory.
+//!
+//! A `DashMap` lookup read-locks its shard (two atomic read-modify-writes
+//! on a line other threads share) and hashes and compares the whole name:
+//! about 130 instructions a level, a third of an uncontended depth-4 lock.
+//! Engines lock the same tables and directories again and again, so each
+//! thread keeps a small direct-mapped cache of `name -> node` beside the
+//! map, and a hit is a cheap hash, a few loads and one compare of the name.
+//!
+//! # Why a cached pointer is safe to follow
+//!
+//! A node's memory is freed only after it has been removed from the map
+//! and its destruction deferred to the epoch (see `table.rs`). The table
+//! keeps [`GROUPS`] *stamps*, counters that each stand for the nodes whose
+//! name hashes to them:
+//!
+//! 1. **Evict:** whoever removes a node from the map bumps its group's stamp
+//!    *after* the removal and *before* it defers the destruction.
+//! 2. **Remember:** a thread reads the group's stamp *before* it looks the
+//!    name up in the map, and caches the node it found with that stamp. If
+//!    the node had been removed before that read, the lookup (which follows
+//!    it, through the shard lock) could not have found it; so a node cached
+//!    with stamp `s` was removed, if at all, by a bump that made the stamp
+//!    larger than `s`.
+//! 3. **Hit:** a pinned thread follows a cached pointer only while the
+//!    group's stamp, read after pinning, still equals the cached one. Then
+//!    the removal's bump is not visible to it, so neither is the deferral
+//!    that follows it, and the epoch cannot free the node before this
+//!    thread unpins: the stamp is one more link to the node, unlinked by
+//!    the bump, exactly as crossbeam-epoch's own structures unlink a
+//!    pointer before deferring its destruction.
+//!
+//! A hit may still find the node dead (killed, not yet removed): the
+//! caller's CAS sees that, and [`Stamps::forget`] drops the entry before
+//! the caller looks the name up again, so the retry goes to the map.
+//!
+//! Entries carry the table's unique id, never reused, so an entry of a
+//! dropped table (whose nodes are freed without the epoch) never matches.
+//! A collision in the cache just replaces the older entry.
+//!
+//! Not built under loom (loom cannot model the epoch collector it relies
+//! on); the map is the only index there.
+
+use std::cell::Cell;
+use std::ptr;
+
+use crate::node::Node;
+use crate::sync::{AtomicU64, Ordering};
+use crate::table::NodeRef;
+
+/// Stamp groups per table. Each sits on its own cache line, so an
+/// eviction invalidates only this fraction of every thread's entries and
+/// writes no line a hit of another group reads.
+pub(crate) const GROUPS: usize = 16;
+
+/// Entries in each thread's cache (direct-mapped; 32 bytes each, 8 KiB).
+const ENTRIES: usize = 256;
+
+/// A cheap hash of a node name: its length, first and last eight bytes
+/// (four, or all of a name shorter than four), multiplied out. Names of one subtree differ at the end, names of
+/// different subtrees of equal length near the start. Only the high bits
+/// are well mixed; callers take theirs from the top.
+#[inline]
+pub(crate) fn hash(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let x = if let (Some(head), Some(tail)) = (b.first_chunk::<8>(), b.last_chunk::<8>()) {
+        u64::from_le_bytes(*tail) ^ u64::from_le_bytes(*head).rotate_left(29)
+    } else if let (Some(head), Some(tail)) = (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        u64::from(u32::from_le_bytes(*tail)) << 32 | u64::from(u32::from_le_bytes(*head))
+    } else {
+        b.iter().fold(0u64, |x, &c| x << 8 | u64::from(c))
+    } ^ (b.len() as u64).rotate_left(56);
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// `a == b`, without a call to `memcmp` for names of up to 16 bytes (whose
+/// first and last eight, or four, bytes cover them).
+#[inline]
+fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 16 {
+        if let (Some(ah), Some(at), Some(bh), Some(bt)) = (
+            a.first_chunk::<8>(),
+            a.last_chunk::<8>(),
+            b.first_chunk::<8>(),
+            b.last_chunk::<8>(),
+        ) {
+            return ah == bh && at == bt;
+        }
+        if let (Some(ah), Some(at), Some(bh), Some(bt)) = (
+            a.first_chunk::<4>(),
+            a.last_chunk::<4>(),
+            b.first_chunk::<4>(),
+            b.last_chunk::<4>(),
+        ) {
+            return ah == bh && at == bt;
+        }
+    }
+    a == b
+}
+
+#[inline]
+fn group(h: u64) -> usize {
+    (h >> 44) as usize % GROUPS
+}
+
+#[inline]
+fn entry(h: u64) -> usize {
+    (h >> 48) as usize % ENTRIES
+}
+
+/// One stamp on its own cache line.
+#[repr(align(128))]
+struct Stamp(AtomicU64);
+
+/// One cached lookup.
+#[derive(Clone, Copy)]
+struct Entry {
+    table: u64,
+    hash: u64,
+    node: *const Node,
+    stamp: u64,
+}
+
+const EMPTY: Entry = Entry {
+    table: 0,
+    hash: 0,
+    node: ptr::null(),
+    stamp: 0,
+};
+
+thread_local! {
+    static CACHE: [Cell<Entry>; ENTRIES] = const { [const { Cell::new(EMPTY) }; ENTRIES] };
+}
+
+/// A table's id and stamps (see the module docs).
+pub(crate) struct Stamps(Box<Inner>);
+
+/// Boxed on lines of its own, so what a hit reads shares no line with
+/// what other threads write (the tree holds the root node inline).
+#[repr(align(128))]
+struct Inner {
+    /// Unique among all tables ever made in this process; never 0.
+    id: u64,
+    groups: [Stamp; GROUPS],
+}
+
+/// A group's stamp read before a map lookup; [`Stamps::remember`] caches
+/// the node found with it.
+#[derive(Clone, Copy)]
+pub(crate) struct Ticket(u64);
+
+impl Stamps {
+    pub(crate) fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Stamps(Box::new(Inner {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            groups: std::array::from_fn(|_| Stamp(AtomicU64::new(0))),
+        }))
+    }
+
+    /// This thread's cached node named `name` (of hash `h`), if any.
+    ///
+    /// The caller must be pinned (since before this call, for as long as
+    /// it uses the result).
+    #[inline]
+    pub(crate) fn find(&self, name: &str, h: u64) -> Option<NodeRef> {
+        let e = CACHE.with(|c| c[entry(h)].get());
+        if e.table != self.0.id || e.hash != h {
+            return None;
+        }
+        if self.0.groups[group(h)].0.load(Ordering::Acquire) != e.stamp {
+            return None;
+        }
+        // SAFETY: the stamp is unchanged since before the lookup that
+        // found `e.node` in the map, and the caller is pinned: the node
+        // has not been freed and will not be while the caller stays pinned
+        // (module docs, "Hit"). Its name never changes.
+        let node = unsafe { &*e.node };
+        if !same(node.path.as_str().as_bytes(), name.as_bytes()) {
+            return None;
+        }
+        Some(NodeRef::from_ref(node))
+    }
+
+    /// The stamp of `h`'s group, to read before looking the name up in
+    /// the map.
+    #[inline]
+    pub(crate) fn ticket(&self, h: u64) -> Ticket {
+        Ticket(self.0.groups[group(h)].0.load(Ordering::Acquire))
+    }
+
+    /// Caches `node`, found in the map after `ticket` was taken.
+    #[inline]
+    pub(crate) fn remember(&self, ticket: Ticket, h: u64, node: NodeRef) {
+        CACHE.with(|c| {
+            c[entry(h)].set(Entry {
+                table: self.0.id,
+                hash: h,
+                node: node.as_non_null().as_ptr(),
+                stamp: ticket.0,
+            })
+        });
+    }
+
+    /// Invalidates every cached pointer to nodes of `h`'s group: call after
+    /// removing such a node from the map and before deferring its
+    /// destruction.
+    #[inline]
+    pub(crate) fn invalidate(&self, h: u64) {
+        self.0.groups[group(h)].0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops this thread's entry for `node` (of hash `h`) if it has one:
+    /// the node is dead, and the next lookup must go to the map.
+    #[inline]
+    pub(crate) fn forget(&self, h: u64, node: NodeRef) {
+        CACHE.with(|c| {
+            let slot = &c[entry(h)];
+            let e = slot.get();
+            if e.table == self.0.id && ptr::eq(e.node, node.as_non_null().as_ptr()) {
+                slot.set(EMPTY);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bias::Bias;
+    use crate::path::Path;
+
+    fn node(name: &str) -> Box<Node> {
+        Box::new(Node::new(
+            Path::from_normalized(name, '/'),
+            false,
+            Bias::Never,
+        ))
+    }
+
+    fn node_ref(n: &Node) -> NodeRef {
+        NodeRef::from_ref(n)
+    }
+
+    fn remember(s: &Stamps, n: &Node) {
+        let name = n.path.as_str();
+        let h = hash(name);
+        s.remember(s.ticket(h), h, node_ref(n));
+    }
+
+    #[test]
+    fn a_remembered_node_is_found_by_its_name_only() {
+        let s = Stamps::new();
+        let a = node("/db/t/17");
+        remember(&s, &a);
+        assert_eq!(s.find("/db/t/17", hash("/db/t/17")), Some(node_ref(&a)));
+        assert_eq!(s.find("/db/t/18", hash("/db/t/18")), None);
+        // Another table never sees this table's entries.
+        assert_eq!(Stamps::new().find("/db/t/17", hash("/db/t/17")), None);
+    }
+
+    #[test]
+    fn invalidating_the_group_drops_every_entry_of_it() {
+        let s = Stamps::new();
+        let a = node("/a");
+        remember(&s, &a);
+        s.invalidate(hash("/a"));
+        assert_eq!(s.find("/a", hash("/a")), None);
+        // Remembered again after the bump: found again.
+        remember(&s, &a);
+        assert_eq!(s.find("/a", hash("/a")), Some(node_ref(&a)));
+    }
+
+    #[test]
+    fn a_ticket_taken_before_an_invalidation_caches_nothing() {
+        let s = Stamps::new();
+        let a = node("/a");
+        let h = hash("/a");
+        let ticket = s.ticket(h);
+        s.invalidate(h); // the node was removed between ticket and lookup
+        s.remember(ticket, h, node_ref(&a));
+        assert_eq!(s.find("/a", h), None);
+    }
+
+    #[test]
+    fn forget_drops_only_that_nodes_entry() {
+        let s = Stamps::new();
+        let (a, b) = (node("/a"), node("/b"));
+        remember(&s, &a);
+        remember(&s, &b);
+        s.forget(hash("/a"), node_ref(&b)); // not the node cached for /a
+        assert_eq!(s.find("/a", hash("/a")), Some(node_ref(&a)));
+        s.forget(hash("/a"), node_ref(&a));
+        assert_eq!(s.find("/a", hash("/a")), None);
+        assert_eq!(s.find("/b", hash("/b")), Some(node_ref(&b)));
+    }
+
+    #[test]
+    fn entries_are_per_thread() {
+        let s = Stamps::new();
+        let a = node("/a");
+        remember(&s, &a);
+        std::thread::scope(|sc| {
+            sc.spawn(|| assert_eq!(s.find("/a", hash("/a")), None));
+        });
+        assert_eq!(s.find("/a", hash("/a")), Some(node_ref(&a)));
+    }
+
+    #[test]
+    fn names_colliding_in_the_cache_replace_each_other() {
+        let s = Stamps::new();
+        let names: Vec<String> = (0..4 * ENTRIES).map(|i| format!("/t/{i}")).collect();
+        let nodes: Vec<_> = names.iter().map(|n| node(n)).collect();
+        for n in &nodes {
+            remember(&s, n);
+        }
+        // Whatever is found is the right node; the last one is found.
+        for (name, n) in names.iter().zip(&nodes) {
+            if let Some(found) = s.find(name, hash(name)) {
+                assert_eq!(found, node_ref(n));
+            }
+        }
+        let last = names.last().unwrap();
+        assert_eq!(
+            s.find(last, hash(last)),
+            Some(node_ref(nodes.last().unwrap()))
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn same_is_equality(a in "[a-c/]{0,20}", b in "[a-c/]{0,20}", at in 0usize..20, c in "[a-d/]") {
+            proptest::prop_assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b);
+            // One byte changed anywhere (start, middle, end) is seen.
+            let mut changed = a.clone().into_bytes();
+            if let Some(x) = changed.get_mut(at) {
+                *x = c.as_bytes()[0];
+            }
+            proptest::prop_assert_eq!(same(a.as_bytes(), &changed), a.as_bytes() == changed.as_slice());
+        }
+    }
+}

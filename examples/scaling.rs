@@ -12,6 +12,8 @@
 //! - `siblings`: X on `/db/hot/{thread}`;
 //! - `disjoint`: X on a random one of 1024 rows of `/u{thread}/db/t`
 //!   (the threads share only the root).
+//! - `separate trees`: the same, each thread in a `LockTree` of its own
+//!   (the threads share no node).
 //!
 //! The comparison harness (`examples/compare.rs`) runs every baseline in the
 //! same run; this one only hierlock, in longer cells, which on a shared VM
@@ -35,6 +37,9 @@ struct Args {
     /// Reader bias: never, adaptive (the default) or always.
     #[arg(long, default_value = "adaptive")]
     bias: String,
+    /// Only workloads whose name contains this.
+    #[arg(long)]
+    filter: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -43,6 +48,7 @@ enum Work {
     HotSPrepared,
     Siblings,
     Disjoint,
+    Separate,
 }
 
 impl Work {
@@ -52,6 +58,7 @@ impl Work {
             Work::HotSPrepared => "hot S, prepared",
             Work::Siblings => "siblings",
             Work::Disjoint => "disjoint",
+            Work::Separate => "separate trees",
         }
     }
 }
@@ -67,6 +74,11 @@ fn run(work: Work, threads: usize, bias: Bias, cell: Duration) -> f64 {
         for i in 0..threads {
             let (tree, stop, total) = (&tree, &stop, &total);
             s.spawn(move || {
+                let own = LockTree::builder().bias(bias).build();
+                let tree = match work {
+                    Work::Separate => &own,
+                    _ => tree,
+                };
                 let hot = tree.prepare("/db/hot").unwrap();
                 let sibling = format!("/db/hot/{i}");
                 let _table = tree.lock(format!("/u{i}/db/t").as_str(), Mode::IS).unwrap();
@@ -79,7 +91,7 @@ fn run(work: Work, threads: usize, bias: Bias, cell: Duration) -> f64 {
                             Work::HotS => tree.lock("/db/hot", Mode::S),
                             Work::HotSPrepared => hot.lock(Mode::S),
                             Work::Siblings => tree.lock(sibling.as_str(), Mode::X),
-                            Work::Disjoint => {
+                            Work::Disjoint | Work::Separate => {
                                 x ^= x << 13;
                                 x ^= x >> 7;
                                 x ^= x << 17;
@@ -114,7 +126,13 @@ fn main() {
         Work::HotSPrepared,
         Work::Siblings,
         Work::Disjoint,
+        Work::Separate,
     ] {
+        if let Some(f) = &args.filter {
+            if !work.name().contains(f.as_str()) {
+                continue;
+            }
+        }
         let mut ratios = Vec::new();
         let (mut one, mut two) = (0.0, 0.0);
         for _ in 0..args.pairs {

@@ -22,6 +22,7 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -90,13 +91,40 @@ fn bench_one(
 
 /// Prepared handles (`LockTree::prepare`): lock+unlock with the nodes
 /// resolved and pinned once, against one bare `parking_lot::RwLock` write
-/// lock+unlock (the target: within 5x of it at depth 4).
+/// lock+unlock (the target: within 5x of it at depth 4), and the floor that
+/// the atomics alone of such a lock set.
 fn prepared(c: &mut Criterion) {
     let mut g = c.benchmark_group("prepared");
     let bare = parking_lot::RwLock::new(0u64);
     g.bench_function("bare_rwlock_write", |b| {
         b.iter(|| *black_box(&bare).write() += 1)
     });
+    // The floor of any engine with one state word per level: a depth-d
+    // lock+unlock is at least d+1 CASes to acquire (root included) and d+1
+    // to release, each on its own cache line. Against `bare_rwlock_write`
+    // (two atomic RMWs) this says how close to it a Gray lock can get.
+    for depth in [1usize, 4] {
+        #[repr(align(128))]
+        struct Line(AtomicU64);
+        let words: Vec<Line> = (0..=depth).map(|_| Line(AtomicU64::new(0))).collect();
+        g.bench_function(
+            BenchmarkId::new("atomics_floor", format!("d{depth}")),
+            |b| {
+                b.iter(|| {
+                    for w in black_box(&words) {
+                        let v = w.0.load(Ordering::Relaxed);
+                        let _ =
+                            w.0.compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed);
+                    }
+                    for w in black_box(&words).iter().rev() {
+                        let v = w.0.load(Ordering::Relaxed);
+                        let _ =
+                            w.0.compare_exchange(v, v - 1, Ordering::Release, Ordering::Relaxed);
+                    }
+                })
+            },
+        );
+    }
     for depth in DEPTHS {
         let tree = LockTree::new();
         let p = tree.prepare(path(depth).as_str()).unwrap();

@@ -146,11 +146,12 @@ impl Held {
                 }
                 // Folded: the hold is in the word.
             }
-            // One of several holds, nobody waiting: a single CAS and done,
-            // with no epoch pin and no `&Node` that another thread's last
-            // release could free under us.
+            // One of several holds (or any hold of the root, which is never
+            // reclaimed), nobody waiting: a single CAS and done, with no
+            // epoch pin and no `&Node` that another thread's last release
+            // could free under us.
             // SAFETY: held until this CAS.
-            if unsafe { node.state() }.try_release_shared(mode) {
+            if unsafe { node.state() }.try_release_shared(mode, node == tree.root()) {
                 continue;
             }
             let pin = pin.get_or_insert_with(|| tree.table().pin());

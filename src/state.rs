@@ -358,14 +358,15 @@ impl StateWord {
         State(prev - one(m))
     }
 
-    /// Gives back one hold of `m` if that leaves other holders and no
+    /// Gives back one hold of `m` if that leaves other holders (or the
+    /// node is one that is never reclaimed, `immortal`: the root) and no
     /// waiter: then nothing more is to be done with the node, not even
     /// looking at it again. `false` (nothing changed) otherwise.
     #[inline]
-    pub(crate) fn try_release_shared(&self, m: Mode) -> bool {
+    pub(crate) fn try_release_shared(&self, m: Mode, immortal: bool) -> bool {
         let mut s = self.0.load(Ordering::Relaxed);
         loop {
-            if s & WAITING != 0 || s == one(m) {
+            if s & WAITING != 0 || (s == one(m) && !immortal) {
                 return false;
             }
             debug_assert!(s & field(m) != 0, "releasing {m} not held: {:?}", State(s));
@@ -773,7 +774,7 @@ mod tests {
         // Reused while cached: every mode, and a release needs no follow-up.
         for m in Mode::ALL {
             assert!(fast(&w, m));
-            assert!(w.try_release_shared(m));
+            assert!(w.try_release_shared(m, false));
         }
         assert!(fast(&w, Mode::X));
         // Popped while in use: the bit goes, the holder stays.
@@ -787,6 +788,26 @@ mod tests {
     }
 
     #[test]
+    fn a_sole_hold_is_released_in_one_cas_only_on_an_immortal_node() {
+        for m in Mode::ALL {
+            let w = StateWord::new();
+            assert!(fast(&w, m));
+            // The last hold of a reclaimable node: the caller must see the
+            // word go idle, so nothing changes here.
+            assert!(!w.try_release_shared(m, false));
+            assert_eq!(w.load().count(m), 1);
+            // The root's: released, the word is empty again.
+            assert!(w.try_release_shared(m, true));
+            assert_eq!(w.load().0, 0);
+            // Nobody's fast release skips a waiter.
+            assert!(fast(&w, m));
+            w.0.fetch_or(WAITING, Ordering::Relaxed);
+            assert!(!w.try_release_shared(m, true));
+            assert_eq!(w.load().count(m), 1);
+        }
+    }
+
+    #[test]
     fn pinned_conflicts_with_nothing_but_is_never_idle() {
         let w = StateWord::new();
         assert!(w.try_set_pinned());
@@ -795,7 +816,7 @@ mod tests {
         for m in Mode::ALL {
             assert!(fast(&w, m), "{m} refused on a pinned node");
             // Releasing the only hold of a pinned node needs no follow-up.
-            assert!(w.try_release_shared(m));
+            assert!(w.try_release_shared(m, false));
         }
         assert_eq!(w.load().0, PINNED);
         assert!(w.clear_pinned().is_idle());

@@ -129,6 +129,7 @@ impl<T: Deref<Target = LockTree>> RawLockFuture<T> {
                     None,
                     m,
                     true,
+                    false,
                     Some((self.tree.table(), &mut self.held.slot)),
                     Waiter::for_task,
                 ) {

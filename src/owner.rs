@@ -492,7 +492,7 @@ impl<'t> Owner<'t> {
             }
             let may_wait = matches!(patience, Patience::Wait);
             // Owners count their holds per node; they stay in the word.
-            let outcome = n.acquire(from, target, may_wait, None, |f, t| {
+            let outcome = n.acquire(from, target, may_wait, false, None, |f, t| {
                 Waiter::for_owner_task(f, t, self.shared.id)
             });
             match outcome {

@@ -209,6 +209,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
                 None,
                 m,
                 wait.may_wait(),
+                true,
                 Some((tree.table(), &mut held.slot)),
                 Waiter::for_thread,
             ) {

@@ -467,7 +467,7 @@ impl LockTree {
         // it, for a conversion).
         let n = unsafe { node.get() };
         let slots = slot.map(|s| (&self.table, s));
-        match n.acquire(from, to, wait.may_wait(), slots, Waiter::for_thread)? {
+        match n.acquire(from, to, wait.may_wait(), true, slots, Waiter::for_thread)? {
             Acquire::Granted(hold) => Ok(Some(hold)),
             Acquire::Dead => Ok(None),
             Acquire::Wait(waiter) => self

@@ -82,24 +82,21 @@ fn same(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     if a.len() <= 16 {
-        if let (Some(ah), Some(at), Some(bh), Some(bt)) = (
-            a.first_chunk::<8>(),
-            a.last_chunk::<8>(),
-            b.first_chunk::<8>(),
-            b.last_chunk::<8>(),
-        ) {
-            return ah == bh && at == bt;
-        }
-        if let (Some(ah), Some(at), Some(bh), Some(bt)) = (
-            a.first_chunk::<4>(),
-            a.last_chunk::<4>(),
-            b.first_chunk::<4>(),
-            b.last_chunk::<4>(),
-        ) {
-            return ah == bh && at == bt;
+        if let Some(eq) = ends_equal::<8>(a, b).or_else(|| ends_equal::<4>(a, b)) {
+            return eq;
         }
     }
     a == b
+}
+
+/// Whether the first and last `N` bytes of `a` and `b` agree; `None` if
+/// either is shorter than `N`.
+#[inline]
+fn ends_equal<const N: usize>(a: &[u8], b: &[u8]) -> Option<bool> {
+    Some(
+        a.first_chunk::<N>()? == b.first_chunk::<N>()?
+            && a.last_chunk::<N>()? == b.last_chunk::<N>()?,
+    )
 }
 
 #[inline]

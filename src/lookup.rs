@@ -24,16 +24,25 @@
 //!    with stamp `s` was removed, if at all, by a bump that made the stamp
 //!    larger than `s`.
 //! 3. **Hit:** a pinned thread follows a cached pointer only while the
-//!    group's stamp, read after pinning, still equals the cached one. Then
-//!    the removal's bump is not visible to it, so neither is the deferral
-//!    that follows it, and the epoch cannot free the node before this
-//!    thread unpins: the stamp is one more link to the node, unlinked by
-//!    the bump, exactly as crossbeam-epoch's own structures unlink a
-//!    pointer before deferring its destruction.
+//!    group's stamp, read after pinning, still equals the cached one. The
+//!    stamp is one more link to the node, unlinked by the bump, exactly as
+//!    crossbeam-epoch's own structures unlink a pointer before deferring
+//!    its destruction, and the same two `SeqCst` fences make it safe:
+//!    pinning fences before the stamp is read, and the remover's deferred
+//!    garbage leaves its thread through `push_bag`, which fences before it
+//!    seals the bag with the current epoch. If the reader's fence comes
+//!    first, the epoch cannot advance past the reader's while it stays
+//!    pinned, so the node is not freed under it; if the remover's comes
+//!    first, the reader sees the bump and misses. Stamps only grow (64
+//!    bits), so a freed address reused by a new node cannot match an old
+//!    entry either.
 //!
 //! A hit may still find the node dead (killed, not yet removed): the
 //! caller's CAS sees that, and [`Stamps::forget`] drops the entry before
-//! the caller looks the name up again, so the retry goes to the map.
+//! the caller looks the name up again, so the retry goes to the map. That
+//! is for progress, not safety: without it a thread would keep finding the
+//! dead node until its remover's bump. (The retry may cache the new node
+//! with a ticket older than that bump; the next lookup then just misses.)
 //!
 //! Entries carry the table's unique id, never reused, so an entry of a
 //! dropped table (whose nodes are freed without the epoch) never matches.

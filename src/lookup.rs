@@ -84,7 +84,8 @@ pub(crate) fn hash(name: &str) -> u64 {
 }
 
 /// `a == b`, without a call to `memcmp` for names of up to 16 bytes (whose
-/// first and last eight, or four, bytes cover them).
+/// first and last eight, or four, bytes cover them; shorter ones byte by
+/// byte).
 #[inline]
 fn same(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -94,6 +95,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
         if let Some(eq) = ends_equal::<8>(a, b).or_else(|| ends_equal::<4>(a, b)) {
             return eq;
         }
+        return a.iter().zip(b).all(|(x, y)| x == y);
     }
     a == b
 }

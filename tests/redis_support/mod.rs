@@ -37,22 +37,30 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// Starts a server on a free port, retrying with another port (up to
+    /// three times) if the port was taken between choosing and binding it.
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        let port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("hierlock-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut s = RedisServer {
-            child: None,
-            port,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        s.spawn();
-        s
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("hierlock-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let mut s = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("cannot start redis-server: {}", errors.join("; "));
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let mut cmd = Command::new(server_bin());
         cmd.args([
@@ -73,22 +81,14 @@ impl RedisServer {
         let child = cmd.spawn().unwrap_or_else(|e| {
             panic!("cannot start {} (install redis-server): {e}", server_bin())
         });
+        let pid = child.id();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut c) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not come up on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        let up = wait_until_served(self.port, pid, Duration::from_secs(10));
+        if up.is_err() {
+            self.kill();
         }
+        up
     }
-
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
@@ -123,7 +123,9 @@ impl RedisServer {
     /// forgotten (no persistence).
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!("cannot restart redis-server on its port: {e}");
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -216,6 +218,34 @@ fn cli_bin() -> String {
     std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into())
 }
 
+/// Waits until the server answering on `port` is process `pid`: another
+/// process that took the port between our choosing and binding it answers
+/// too, while ours exits.
+fn wait_until_served(port: u16, pid: u32, limit: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let info = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|cl| cl.get_connection())
+            .and_then(|mut con| redis::cmd("INFO").arg("server").query::<String>(&mut con));
+        if let Ok(info) = info {
+            let served_by = info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            return match served_by {
+                Some(p) if p == pid => Ok(()),
+                other => Err(format!(
+                    "port {port} is served by process {other:?}, not by our redis-server {pid}"
+                )),
+            };
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("redis-server {pid} did not come up on port {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A free loopback port whose cluster bus port (port + 10000) is free too.
 fn free_cluster_port() -> u16 {
     for _ in 0..100 {
@@ -238,7 +268,23 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Starts the cluster, retrying with fresh ports (up to three times)
+    /// when an attempt fails: a port taken between choosing and binding it
+    /// (another test's server then answers our PING), a node that died, or
+    /// a `redis-cli --cluster create` that does not finish. Each attempt is
+    /// bounded in time, so a failure never hangs the test run.
     pub fn start() -> RedisCluster {
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(c) => return c,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("cannot start a Redis cluster: {}", errors.join("; "));
+    }
+
+    fn try_start() -> Result<RedisCluster, String> {
         let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
         let dir = std::env::temp_dir().join(format!(
             "hierlock-redis-cluster-{}-{}",
@@ -246,6 +292,7 @@ impl RedisCluster {
             ports[0]
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
+        // Dropped on every early return: kills what was started.
         let mut c = RedisCluster {
             children: Vec::new(),
             ports: ports.clone(),
@@ -268,51 +315,67 @@ impl RedisCluster {
                 });
             c.children.push(child);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for &p in &ports {
-            while redis::Client::open(format!("redis://127.0.0.1:{p}"))
-                .and_then(|cl| cl.get_connection())
-                .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con))
-                .is_err()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster node {p} did not come up"
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        for (child, &p) in c.children.iter().zip(&ports) {
+            wait_until_served(p, child.id(), Duration::from_secs(10))?;
         }
-        let out = Command::new(cli_bin())
+        let mut cli = Command::new(cli_bin())
             .args(["--cluster", "create"])
             .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
             .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap_or_else(|e| panic!("cannot run {} (install redis-tools): {e}", cli_bin()));
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = cli.try_wait().expect("wait for redis-cli") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = cli.kill();
+                let _ = cli.wait();
+                return Err("redis-cli --cluster create did not finish in 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !status.success() {
+            let out = cli.wait_with_output().expect("redis-cli output");
+            return Err(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         // Every node agrees the cluster is up.
         let deadline = Instant::now() + Duration::from_secs(20);
-        for i in 0..ports.len() {
+        for (i, p) in ports.iter().enumerate() {
             loop {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query(&mut c.node(i))
-                    .unwrap();
+                let info: String = redis::Client::open(format!("redis://127.0.0.1:{p}"))
+                    .and_then(|cl| cl.get_connection())
+                    .and_then(|mut con| redis::cmd("CLUSTER").arg("INFO").query(&mut con))
+                    .map_err(|e| format!("CLUSTER INFO on node {i}: {e}"))?;
                 if info.contains("cluster_state:ok") {
                     break;
                 }
-                assert!(
-                    Instant::now() < deadline,
-                    "cluster not ok on node {i}: {info}"
-                );
+                if Instant::now() >= deadline {
+                    return Err(format!("cluster not ok on node {i}: {info}"));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        c
+        c.check_alive()?;
+        Ok(c)
+    }
+
+    /// Every node this cluster started still runs (so the servers that
+    /// answered on its ports are its own).
+    fn check_alive(&mut self) -> Result<(), String> {
+        for (child, p) in self.children.iter_mut().zip(&self.ports) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("cluster node {p} exited: {status}"));
+            }
+        }
+        Ok(())
     }
 
     pub fn urls(&self) -> Vec<String> {

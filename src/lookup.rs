@@ -67,9 +67,10 @@ pub(crate) const GROUPS: usize = 16;
 const ENTRIES: usize = 256;
 
 /// A cheap hash of a node name: its length, first and last eight bytes
-/// (four, or all of a name shorter than four), multiplied out. Names of one subtree differ at the end, names of
-/// different subtrees of equal length near the start. Only the high bits
-/// are well mixed; callers take theirs from the top.
+/// (four, or all of a name shorter than four), multiplied out. Names of
+/// one subtree differ at the end, names of different subtrees of equal
+/// length near the start. Only the high bits are well mixed; callers take
+/// theirs from the top.
 #[inline]
 pub(crate) fn hash(name: &str) -> u64 {
     let b = name.as_bytes();

@@ -67,10 +67,13 @@ pub(crate) const GROUPS: usize = 16;
 const ENTRIES: usize = 256;
 
 /// A cheap hash of a node name: its length, first and last eight bytes
-/// (four, or all of a name shorter than four), multiplied out. Names of
-/// one subtree differ at the end, names of different subtrees of equal
-/// length near the start. Only the high bits are well mixed; callers take
-/// theirs from the top.
+/// (four, or all of a name shorter than four), multiplied out to 128 bits
+/// and folded. Names of one subtree differ at the end, names of different
+/// subtrees of equal length near the start; the fold carries every input
+/// bit into every output bit, so names that differ only in their last byte
+/// (rows `.../17`, `.../18`) land on different entries and groups. (A plain
+/// 64-bit product would not: its bits 48..56, the entry, never see the
+/// input's top byte.)
 #[inline]
 pub(crate) fn hash(name: &str) -> u64 {
     let b = name.as_bytes();
@@ -81,7 +84,8 @@ pub(crate) fn hash(name: &str) -> u64 {
     } else {
         b.iter().fold(0u64, |x, &c| x << 8 | u64::from(c))
     } ^ (b.len() as u64).rotate_left(56);
-    x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    let p = u128::from(x) * 0x9E37_79B9_7F4A_7C15;
+    p as u64 ^ (p >> 64) as u64
 }
 
 /// `a == b`, without a call to `memcmp` for names of up to 16 bytes (whose
@@ -338,6 +342,26 @@ mod tests {
             s.find(last, hash(last)),
             Some(node_ref(nodes.last().unwrap()))
         );
+    }
+
+    #[test]
+    fn names_that_differ_only_at_the_end_spread_over_entries_and_groups() {
+        use std::collections::HashSet;
+        // Rows of a table: names that differ in their last byte or two.
+        for prefix in ["db/t/", "bucket/a/much/longer/directory/"] {
+            let names: Vec<String> = (0..ENTRIES).map(|i| format!("{prefix}{i}")).collect();
+            let entries: HashSet<usize> = names.iter().map(|n| entry(hash(n))).collect();
+            let groups: HashSet<usize> = names.iter().map(|n| group(hash(n))).collect();
+            // Placed at random, 256 names fill about 162 of 256 entries.
+            assert!(
+                entries.len() >= ENTRIES / 2,
+                "{prefix}: {} entries",
+                entries.len()
+            );
+            assert_eq!(groups.len(), GROUPS, "{prefix}");
+            let digits: HashSet<usize> = names[..10].iter().map(|n| entry(hash(n))).collect();
+            assert!(digits.len() >= 8, "{prefix}0..9 share entries: {digits:?}");
+        }
     }
 
     proptest::proptest! {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Proves every loom model can fail: for each mutants/*.patch (an engine bug),
 # apply it to a scratch copy of the repository, run the loom model named in
-# its "Model:" line, and require the model to fail. Exits non-zero if any
-# mutant survives (its model passes), does not build, or no longer applies.
+# its "Model:" line (a test of loom-tests/tests/models.rs or, with "Run: lib",
+# a unit test of the engine crate), and require the model to fail. Exits
+# non-zero if any mutant survives (its model passes), does not build, or no
+# longer applies.
 #
 #   loom-tests/run-mutants.sh            # engine from the working tree
 #   MUTANT_FROM=HEAD loom-tests/run-mutants.sh   # engine from git HEAD
@@ -52,8 +54,14 @@ for patch in "${patches[@]}"; do
         continue
     fi
     start=$(date +%s)
-    if (cd "$scratch/repo/loom-tests" &&
-        cargo test --release --test models -- --exact "$model" --test-threads=1) >"$log" 2>&1; then
+    # "Run: lib": the model is a unit test of the engine crate itself (the
+    # index's models, src/index.rs); otherwise one of tests/models.rs.
+    if [ "$(sed -n 's/^Run: //p' "$patch" | head -n1)" = lib ]; then
+        run=(cd "$scratch/repo" '&&' cargo test --release --lib -- --exact "$model" --test-threads=1)
+    else
+        run=(cd "$scratch/repo/loom-tests" '&&' cargo test --release --test models -- --exact "$model" --test-threads=1)
+    fi
+    if (eval "${run[@]}") >"$log" 2>&1; then
         echo "SURVIVED  $name  (model $model passed)"
         survived=1
     elif grep -q "could not compile" "$log"; then

@@ -33,6 +33,9 @@ fi
 if [ "${SKIP_LOOM:-0}" != 1 ]; then
   step "loom model checks (the real protocol code under --cfg loom)"
   (cd loom-tests && RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" cargo test --release)
+  step "loom model checks of the node index (src/index.rs, engine unit tests under --cfg loom)"
+  RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" CARGO_TARGET_DIR=target/loom \
+    cargo test --release --lib index::loom_models
   step "loom mutants: every model must catch its engine mutant"
   loom-tests/run-mutants.sh
 fi

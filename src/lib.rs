@@ -63,6 +63,9 @@ mod error;
 mod future;
 mod guard;
 mod idle;
+// Under loom only its own models use it (see `table.rs`).
+#[cfg(any(not(loom), test))]
+mod index;
 mod inspect;
 #[cfg(not(loom))]
 mod lookup;

@@ -1,26 +1,28 @@
 //! The per-thread lookup cache: the nodes this thread found last, so that
 //! finding them again writes no shared memory.
 //!
-//! A `DashMap` lookup read-locks its shard (two atomic read-modify-writes
-//! on a line other threads share) and hashes and compares the whole name:
-//! about 130 instructions a level, a third of an uncontended depth-4 lock.
-//! Engines lock the same tables and directories again and again, so each
-//! thread keeps a small direct-mapped cache of `name -> node` beside the
-//! map, and a hit is a cheap hash, a few loads and one compare of the name.
+//! A lookup in the table's index (`index.rs`) hashes the whole name with a
+//! seeded hash, loads the shard's array and probes it, comparing names
+//! through the nodes it meets. Engines lock the same tables and
+//! directories again and again, so each thread keeps a small direct-mapped
+//! cache of `name -> node` in front of the index, and a hit is a cheap
+//! hash, a few loads and one compare of the name.
 //!
 //! # Why a cached pointer is safe to follow
 //!
-//! A node's memory is freed only after it has been removed from the map
+//! A node's memory is freed only after it has been removed from the index
 //! and its destruction deferred to the epoch (see `table.rs`). The table
 //! keeps [`GROUPS`] *stamps*, counters that each stand for the nodes whose
 //! name hashes to them:
 //!
-//! 1. **Evict:** whoever removes a node from the map bumps its group's stamp
+//! 1. **Evict:** whoever removes a node from the index bumps its group's stamp
 //!    *after* the removal and *before* it defers the destruction.
 //! 2. **Remember:** a thread reads the group's stamp *before* it looks the
-//!    name up in the map, and caches the node it found with that stamp. If
-//!    the node had been removed before that read, the lookup (which follows
-//!    it, through the shard lock) could not have found it; so a node cached
+//!    name up in the index, and caches the node it found with that stamp.
+//!    If the node had been removed before that read, the lookup could not
+//!    have found it (the removal's tombstone store, and any rebuild before
+//!    it, happen before the bump the read saw, `AcqRel` against `Acquire`,
+//!    and lookups load the array and its slots with `Acquire`); so a node cached
 //!    with stamp `s` was removed, if at all, by a bump that made the stamp
 //!    larger than `s`.
 //! 3. **Hit:** a pinned thread follows a cached pointer only while the
@@ -39,7 +41,7 @@
 //!
 //! A hit may still find the node dead (killed, not yet removed): the
 //! caller's CAS sees that, and [`Stamps::forget`] drops the entry before
-//! the caller looks the name up again, so the retry goes to the map. That
+//! the caller looks the name up again, so the retry goes to the index. That
 //! is for progress, not safety: without it a thread would keep finding the
 //! dead node until its remover's bump. (The retry may cache the new node
 //! with a ticket older than that bump; the next lookup then just misses.)
@@ -49,7 +51,7 @@
 //! A collision in the cache just replaces the older entry.
 //!
 //! Not built under loom (loom cannot model the epoch collector it relies
-//! on); the map is the only index there.
+//! on); the index alone serves lookups there.
 
 use std::cell::Cell;
 use std::ptr;
@@ -161,7 +163,7 @@ struct Inner {
     groups: [Stamp; GROUPS],
 }
 
-/// A group's stamp read before a map lookup; [`Stamps::remember`] caches
+/// A group's stamp read before an index lookup; [`Stamps::remember`] caches
 /// the node found with it.
 #[derive(Clone, Copy)]
 pub(crate) struct Ticket(u64);
@@ -189,7 +191,7 @@ impl Stamps {
             return None;
         }
         // SAFETY: the stamp is unchanged since before the lookup that
-        // found `e.node` in the map, and the caller is pinned: the node
+        // found `e.node` in the index, and the caller is pinned: the node
         // has not been freed and will not be while the caller stays pinned
         // (module docs, "Hit"). Its name never changes.
         let node = unsafe { &*e.node };
@@ -200,13 +202,13 @@ impl Stamps {
     }
 
     /// The stamp of `h`'s group, to read before looking the name up in
-    /// the map.
+    /// the index.
     #[inline]
     pub(crate) fn ticket(&self, h: u64) -> Ticket {
         Ticket(self.0.groups[group(h)].0.load(Ordering::Acquire))
     }
 
-    /// Caches `node`, found in the map after `ticket` was taken.
+    /// Caches `node`, found in the index after `ticket` was taken.
     #[inline]
     pub(crate) fn remember(&self, ticket: Ticket, h: u64, node: NodeRef) {
         CACHE.with(|c| {
@@ -220,7 +222,7 @@ impl Stamps {
     }
 
     /// Invalidates every cached pointer to nodes of `h`'s group: call after
-    /// removing such a node from the map and before deferring its
+    /// removing such a node from the index and before deferring its
     /// destruction.
     #[inline]
     pub(crate) fn invalidate(&self, h: u64) {
@@ -228,7 +230,7 @@ impl Stamps {
     }
 
     /// Drops this thread's entry for `node` (of hash `h`) if it has one:
-    /// the node is dead, and the next lookup must go to the map.
+    /// the node is dead, and the next lookup must go to the index.
     #[inline]
     pub(crate) fn forget(&self, h: u64, node: NodeRef) {
         CACHE.with(|c| {

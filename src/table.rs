@@ -1,10 +1,11 @@
-//! The concurrent map of live nodes, and their reclamation.
+//! The table of live nodes, and their reclamation.
 //!
-//! Nodes other than the root live in a [`DashMap`] keyed by their
-//! normalized path, so every ancestor of a path is found by looking up a
-//! prefix of the path's own text (no allocation). The key *is* the node: a
-//! pointer whose `Hash`/`Eq`/`Borrow<str>` go through the node's path, so a
-//! node costs one map entry and no second copy of its name.
+//! Nodes other than the root live in an [`Index`] (`index.rs`) keyed by
+//! their normalized path, so every ancestor of a path is found by looking
+//! up a prefix of the path's own text (no allocation). The entry *is* the
+//! node: the index holds node pointers and compares names through them, so
+//! a node costs no entry allocation and no second copy of its name. In
+//! front of the index sits each thread's lookup cache (`lookup.rs`).
 //!
 //! # Life of a node
 //!
@@ -19,38 +20,42 @@
 //!    see `idle.rs`) the node is parked there and only the cache's eviction
 //!    takes the next step, for the oldest node of a full shard; with it off,
 //!    at once: the CAS `0 -> DEAD` (from the cache: `CACHED -> DEAD`) marks
-//!    it dead forever, then the entry is removed *if it still points to this
-//!    node*.
+//!    it dead forever, then it is taken out of the index *if the index
+//!    still holds this node*.
 //! 4. An acquirer that found the node before step 3 fails its CAS on `DEAD`,
-//!    calls [`Table::evict`] itself (in case it won the race to the map),
+//!    calls [`Table::evict`] itself (in case it won the race to the index),
 //!    and looks the path up again, finding a fresh node.
-//! 5. Exactly one `remove_if` succeeds for a given node; that thread
+//! 5. Exactly one [`Index::remove`] succeeds for a given node; that thread
 //!    invalidates the lookup caches' pointers to it (a stamp bump, see
 //!    `lookup.rs`), then defers the node's destruction to the epoch, so it
 //!    is freed only once every thread that might have read the pointer has
 //!    unpinned.
 //!
-//! # Why `dashmap`
+//! # Why not `dashmap`, and not `papaya`
 //!
-//! A `DashMap` lookup read-locks its shard: two atomic read-modify-writes
-//! per level on a cache line other threads may share. A lock-free map
-//! (`papaya`, lookups that write no shared memory, keys hashed once and
-//! passed through) was tried and measured in the same run
-//! (a timing loop of lock+unlock, 2-core VM, load average 2-3): warm depth 4 280-322 ns vs
-//! 280-312 ns with `dashmap`, warm depth 1 147-155 vs 143-147 ns, but a
-//! node created and reclaimed per lock cost 524-590 ns vs 320-353 ns at
-//! depth 1 (papaya allocates each entry and retires it through its own
-//! collector: 2.2 allocations per new node instead of 1). So the map stays
-//! `dashmap`, and the lookup cost is attacked by not looking up at all:
-//! prepared paths, and a per-thread cache of the nodes each thread found
-//! last (`lookup.rs`), whose hits write no shared memory. That cache took
-//! an uncontended depth-4 lock+unlock from 1592 to 1328 instructions and
-//! 271-286 to 181-210 ns (S and X with the parent held; the evicting
-//! thread pays one more atomic add per node it frees).
+//! The design notes put the nodes in a `DashMap`; measurements moved them.
 //!
-//! Under `cfg(loom)` the map is a mutex-protected `HashMap` and unlinked
+//! - **`dashmap`** (until this index): a lookup read-locks its shard, two
+//!   atomic read-modify-writes on a lock word every thread looking up that
+//!   shard writes. Two threads locking rows of one table pulled those
+//!   words between the cores, and 2 threads ran the database mix slower
+//!   than one (0.78x). Replacing it by the index took a lock+unlock of a
+//!   random one of 1024 rows from 227 to 180 ns on one thread, X at depth
+//!   4 from 195 to 180 ns, depth 1 from 110 to 98 ns (a timing loop of 3 M
+//!   ops, this 2-core VM; see `index.rs` for the 2-thread figures).
+//! - **`papaya`** (a lock-free map whose lookups also write nothing) was
+//!   tried earlier: as fast on warm paths, but a node created and
+//!   reclaimed per lock cost 524-590 ns against 320-353 ns, because it
+//!   allocates every entry and retires it through its own collector (2.2
+//!   allocations per new node instead of 1). The index's entry is the
+//!   node, retired through the same epoch.
+//!
+//! Under `cfg(loom)` the table is a mutex-protected `HashMap` and removed
 //! nodes are kept until the table drops (loom cannot model the epoch
-//! collector); the state-word and queue protocol above is unchanged.
+//! collector); the state-word and queue protocol above is unchanged. (With
+//! the index there, each lookup's loads became scheduling points and one
+//! model ran for over 15 minutes; the index has loom models of its own, in
+//! `index.rs`.)
 
 use std::ptr::NonNull;
 
@@ -58,6 +63,8 @@ use std::collections::VecDeque;
 
 use crate::bias::{Bias, Slots, MAX_BIASED};
 use crate::idle::IdleCache;
+#[cfg(not(loom))]
+use crate::index::Index;
 use crate::node::Node;
 use crate::path::Path;
 use crate::state::StateWord;
@@ -145,47 +152,8 @@ impl NodeRef {
 
 #[cfg(not(loom))]
 mod imp {
-    use std::borrow::Borrow;
-    use std::hash::{Hash, Hasher};
-
-    use dashmap::mapref::entry::Entry;
-    use dashmap::DashMap;
-
     use super::*;
     use crate::lookup::{self, Stamps};
-
-    /// A map key that is the node itself, hashed and compared by its path.
-    struct NodeKey(NodeRef);
-
-    impl NodeKey {
-        fn name(&self) -> &str {
-            // SAFETY: a key is only read while it is in the map or being
-            // inserted by its creator. A node is removed from the map
-            // before its destruction is deferred, and removal waits for the
-            // shard's lock, which every reader of the key holds.
-            unsafe { self.0.get() }.path.as_str()
-        }
-    }
-
-    impl Hash for NodeKey {
-        fn hash<H: Hasher>(&self, state: &mut H) {
-            self.name().hash(state)
-        }
-    }
-
-    impl PartialEq for NodeKey {
-        fn eq(&self, other: &Self) -> bool {
-            self.name() == other.name()
-        }
-    }
-
-    impl Eq for NodeKey {}
-
-    impl Borrow<str> for NodeKey {
-        fn borrow(&self) -> &str {
-            self.name()
-        }
-    }
 
     /// Proof that the current thread is pinned in the epoch.
     pub(crate) struct Pin(crossbeam_epoch::Guard);
@@ -196,11 +164,42 @@ mod imp {
         pub(crate) fn unpinned<R>(&mut self, f: impl FnOnce() -> R) -> R {
             self.0.repin_after(f)
         }
+
+        /// Drops the box at `ptr` once every thread pinned now has
+        /// unpinned: for what was just made unreachable (a removed node, a
+        /// replaced index array) and may still be used by pinned threads.
+        /// The box is remade only then: a `Box` asserts it is the only
+        /// pointer, which is not true while others may still use it.
+        ///
+        /// # Safety
+        ///
+        /// `ptr` must come from `Box::into_raw` or `Box::leak` (with that
+        /// pointer's provenance), be unreachable for threads that pin from
+        /// now on, and be freed by no one else.
+        pub(crate) unsafe fn defer_drop<T: Send + 'static>(&self, ptr: NonNull<T>) {
+            /// The owning pointer, sent to whichever thread runs the drop.
+            struct Owned<T>(NonNull<T>);
+            // SAFETY: sending it sends the `T` it owns, which is `Send`.
+            unsafe impl<T: Send> Send for Owned<T> {}
+            impl<T> Owned<T> {
+                /// # Safety
+                ///
+                /// Nobody else uses the pointee any more.
+                unsafe fn drop_now(self) {
+                    // SAFETY: by the caller and `defer_drop`'s contract.
+                    drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+                }
+            }
+            let owned = Owned(ptr);
+            // SAFETY: the epoch runs this after every thread pinned now has
+            // unpinned, and threads pinning later cannot reach `ptr`.
+            self.0.defer(move || unsafe { owned.drop_now() });
+        }
     }
 
-    /// The node map.
+    /// The node table.
     pub(crate) struct Table {
-        map: DashMap<NodeKey, (), foldhash::fast::RandomState>,
+        index: Index,
         /// This table's part of the per-thread lookup cache.
         stamps: Stamps,
         pub(super) idle: IdleCache,
@@ -210,10 +209,8 @@ mod imp {
 
     impl Table {
         pub(crate) fn new(idle_capacity: usize, bias: Bias) -> Self {
-            // More shards than dashmap's default (4 x cores) so unrelated
-            // paths rarely share a shard lock's cache line.
             Table {
-                map: DashMap::with_hasher_and_shard_amount(Default::default(), 64),
+                index: Index::new(),
                 stamps: Stamps::new(),
                 idle: IdleCache::new(idle_capacity),
                 biased: Mutex::new(VecDeque::new()),
@@ -226,87 +223,56 @@ mod imp {
             Pin(crossbeam_epoch::pin())
         }
 
-        /// The node named `name`, if it is in the map (possibly dead).
-        pub(crate) fn get(&self, _pin: &Pin, name: &str) -> Option<NodeRef> {
-            self.map.get(name).map(|e| e.key().0)
+        /// The node named `name`, if it is in the table (possibly dead).
+        pub(crate) fn get(&self, pin: &Pin, name: &str) -> Option<NodeRef> {
+            self.index.get(pin, name)
         }
 
-        /// Every node in the map (possibly dead ones), for snapshots.
-        pub(crate) fn nodes(&self, _pin: &Pin) -> Vec<NodeRef> {
-            self.map.iter().map(|e| e.key().0).collect()
+        /// Every node in the table (possibly dead ones), for snapshots.
+        pub(crate) fn nodes(&self, pin: &Pin) -> Vec<NodeRef> {
+            self.index.nodes(pin)
         }
 
         /// The node named `name` (normalized, non-root), created if missing.
         /// It may be dead; the caller's CAS finds out.
         #[inline]
-        pub(crate) fn get_or_insert(&self, _pin: &Pin, name: &str, sep: char) -> NodeRef {
+        pub(crate) fn get_or_insert(&self, pin: &Pin, name: &str, sep: char) -> NodeRef {
             let h = lookup::hash(name);
             // The caller is pinned.
             if let Some(node) = self.stamps.find(name, h) {
                 return node;
             }
             let ticket = self.stamps.ticket(h);
-            let node = match self.map.get(name) {
-                Some(entry) => entry.key().0,
-                None => self.insert(name, sep),
-            };
+            let node = self
+                .index
+                .get_or_insert(pin, name, || self.fresh(name, sep));
             self.stamps.remember(ticket, h, node);
             node
         }
 
-        #[cold]
-        fn insert(&self, name: &str, sep: char) -> NodeRef {
-            let fresh = NodeRef(NonNull::from(Box::leak(Box::new(Node::new(
-                Path::from_normalized(name, sep),
-                false,
-                self.bias,
-            )))));
-            match self.map.entry(NodeKey(fresh)) {
-                Entry::Occupied(o) => {
-                    let existing = o.key().0;
-                    drop(o);
-                    // SAFETY: `fresh` was never published; we own it.
-                    drop(unsafe { Box::from_raw(fresh.0.as_ptr()) });
-                    existing
-                }
-                Entry::Vacant(v) => {
-                    v.insert(());
-                    fresh
-                }
-            }
-        }
-
-        /// Removes `node` from the map if the map still points to it, and
-        /// if so schedules its destruction. `node` must be dead.
+        /// Takes `node` out of the index if it is still there, and if so
+        /// schedules its destruction. `node` must be dead.
         pub(crate) fn evict(&self, pin: &Pin, node: &Node) {
             debug_assert!(node.state.load().is_dead());
             let target = NodeRef::from_ref(node);
             let h = lookup::hash(node.path.as_str());
             self.stamps.forget(h, target);
-            if let Some((key, ())) = self.map.remove_if(node.path.as_str(), |k, _| k.0 == target) {
+            if let Some(owned) = self.index.remove(pin, target, node.path.as_str()) {
                 self.stamps.invalidate(h);
-                struct SendPtr(NonNull<Node>);
-                // SAFETY: the node is unreachable from the map and dead; the
-                // closure only frees it, on whichever thread runs it.
-                unsafe impl Send for SendPtr {}
-                let ptr = SendPtr(key.0 .0);
-                // SAFETY: the node was removed from the map by this call
-                // (exactly one remove succeeds per node) and every cached
-                // pointer to it invalidated, so no new thread can find it;
-                // threads that found it earlier are pinned, and the epoch
-                // runs this only after they all unpin.
-                unsafe {
-                    pin.0.defer_unchecked(move || {
-                        let p = ptr;
-                        drop(Box::from_raw(p.0.as_ptr()));
-                    });
-                }
+                // SAFETY: the node was taken out of the index by this call
+                // (exactly one removal succeeds per node), every cached
+                // pointer to it was invalidated, and it came from `Box::new`
+                // in `fresh` (`owned` is the index's pointer, with the
+                // allocation's provenance): we own it. No new thread can
+                // find it; threads that found it earlier are pinned, and
+                // the epoch drops it only after they all unpin.
+                unsafe { pin.defer_drop(owned.as_non_null()) };
             }
         }
 
-        /// Number of nodes in the map (dead ones not yet removed included).
+        /// Number of nodes in the table (dead ones not yet removed included).
         pub(crate) fn len(&self) -> usize {
-            self.map.len()
+            self.index.len()
         }
     }
 
@@ -315,10 +281,11 @@ mod imp {
             // Nodes still here are idle ones kept by the idle cache, nodes
             // kept by a guard or prepared handle leaked with `mem::forget`,
             // or dead entries; nobody can reach them any more.
-            for entry in self.map.iter() {
+            let pin = self.pin();
+            for n in self.index.nodes(&pin) {
                 // SAFETY: `&mut self`: no other thread uses the table, and
-                // each node is in the map exactly once.
-                drop(unsafe { Box::from_raw(entry.key().0 .0.as_ptr()) });
+                // each node is in the index exactly once.
+                drop(unsafe { Box::from_raw(n.as_non_null().as_ptr()) });
             }
         }
     }
@@ -377,11 +344,7 @@ mod imp {
             if let Some(n) = map.get(name) {
                 return *n;
             }
-            let fresh = NodeRef(NonNull::from(Box::leak(Box::new(Node::new(
-                Path::from_normalized(name, sep),
-                false,
-                self.bias,
-            )))));
+            let fresh = NodeRef(NonNull::from(Box::leak(self.fresh(name, sep))));
             map.insert(name.into(), fresh);
             fresh
         }
@@ -415,6 +378,15 @@ mod imp {
 pub(crate) use imp::{Pin, Table};
 
 impl Table {
+    /// A new node named `name`, owned by the caller until inserted.
+    fn fresh(&self, name: &str, sep: char) -> Box<Node> {
+        Box::new(Node::new(
+            Path::from_normalized(name, sep),
+            false,
+            self.bias,
+        ))
+    }
+
     /// Retires `node` if it is idle: into the idle cache (evicting the
     /// oldest node of a full shard), or, with the cache off, marks it dead
     /// and removes it from the map.

@@ -4,16 +4,14 @@
 //! # Why not `dashmap`
 //!
 //! A `DashMap` lookup read-locks its shard: two atomic read-modify-writes
-//! on the shard's lock word. One thread pays little for them (the word
-//! stays in its cache), but two threads looking up rows of one table touch
-//! the same 64 lock words and pull them back and forth between the cores:
-//! 1024 names looked up at random, one thread 23.9 M/s, two threads
-//! 20.2 M/s together (0.85x), where a map whose lookups write nothing
-//! (papaya) did 22.2 and 43.5 M/s (1.96x) (a scratch loop, this 2-core VM).
-//! That is the cost behind "two threads on one table" scaling below one
-//! thread. papaya itself allocates an entry per insert (two allocations
-//! per new node instead of one, measured in `table.rs`); here the node is
-//! the entry.
+//! on the shard's lock word. One thread pays for the atomics; two threads
+//! looking up names of one map also pull the lock words back and forth
+//! between the cores: 1024 names looked up at random, one thread
+//! 23.9 M/s, two threads 20.2 M/s together (0.85x), where a map whose
+//! lookups write nothing (papaya) did 22.2 and 43.5 M/s (1.96x) (a scratch
+//! loop, this 2-core VM). papaya itself allocates an entry per insert (two
+//! allocations per new node instead of one, measured in `table.rs`); here
+//! the node is the entry. What the switch bought is in `table.rs`.
 //!
 //! # Layout
 //!
@@ -524,6 +522,45 @@ mod tests {
             .sum();
         assert_eq!(after, slots);
         free_all(&index, &pin);
+    }
+
+    proptest::proptest! {
+        /// Any sequence of inserts and removals over a few hundred names (so
+        /// tombstones, reuse, growth and shrinking all happen) leaves the
+        /// index agreeing with a plain map on every name.
+        #[test]
+        fn agrees_with_a_map(ops in proptest::collection::vec((0u8..3, 0usize..300), 0..1500)) {
+            use std::collections::HashMap;
+            let table = Table::new(0, Bias::Never);
+            let pin = table.pin();
+            let index = Index::new();
+            let mut model: HashMap<String, NodeRef> = HashMap::new();
+            for (op, k) in ops {
+                let name = format!("t/{k}");
+                match op {
+                    0 => {
+                        let n = index.get_or_insert(&pin, &name, || node(&name));
+                        let m = *model.entry(name.clone()).or_insert(n);
+                        proptest::prop_assert_eq!(n, m);
+                    }
+                    1 => {
+                        if let Some(n) = model.remove(&name) {
+                            proptest::prop_assert_eq!(index.remove(&pin, n, &name), Some(n));
+                            // SAFETY: removed, never shared.
+                            drop(unsafe { Box::from_raw(n.as_non_null().as_ptr()) });
+                        }
+                    }
+                    _ => proptest::prop_assert_eq!(index.get(&pin, &name), model.get(&name).copied()),
+                }
+            }
+            proptest::prop_assert_eq!(index.len(), model.len());
+            let mut all = index.nodes(&pin);
+            all.sort_by_key(|n| n.as_non_null().as_ptr() as usize);
+            let mut expected: Vec<NodeRef> = model.values().copied().collect();
+            expected.sort_by_key(|n| n.as_non_null().as_ptr() as usize);
+            proptest::prop_assert_eq!(all, expected);
+            free_all(&index, &pin);
+        }
     }
 
     #[test]

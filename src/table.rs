@@ -36,13 +36,16 @@
 //! The design notes put the nodes in a `DashMap`; measurements moved them.
 //!
 //! - **`dashmap`** (until this index): a lookup read-locks its shard, two
-//!   atomic read-modify-writes on a lock word every thread looking up that
-//!   shard writes. Two threads locking rows of one table pulled those
-//!   words between the cores, and 2 threads ran the database mix slower
-//!   than one (0.78x). Replacing it by the index took a lock+unlock of a
-//!   random one of 1024 rows from 227 to 180 ns on one thread, X at depth
-//!   4 from 195 to 180 ns, depth 1 from 110 to 98 ns (a timing loop of 3 M
-//!   ops, this 2-core VM; see `index.rs` for the 2-thread figures).
+//!   atomic read-modify-writes on a lock word that every thread looking up
+//!   that shard writes (`index.rs` has the two-thread figures). Replacing
+//!   it by the index took a lock+unlock of a random one of 1024 rows from
+//!   227 to 180 ns on one thread, X at depth 4 from 195 to 180 ns, depth 1
+//!   from 110 to 98 ns (a timing loop of 3 M ops, this 2-core VM), and the
+//!   comparison harness's database mix from 2.48x to 2.67x the textbook
+//!   manager. It did not make that mix scale on two threads (0.79x, as
+//!   before): what limits it there is the table's state word, whose bias
+//!   the 1% S on the table keeps revoking (without that S it scales
+//!   1.48x; with the bias off, 0.55x).
 //! - **`papaya`** (a lock-free map whose lookups also write nothing) was
 //!   tried earlier: as fast on warm paths, but a node created and
 //!   reclaimed per lock cost 524-590 ns against 320-353 ns, because it

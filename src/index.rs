@@ -405,15 +405,10 @@ impl Drop for Index {
 mod tests {
     use super::*;
     use crate::bias::Bias;
-    use crate::path::Path;
     use crate::table::Table;
 
     fn node(name: &str) -> Box<Node> {
-        Box::new(Node::new(
-            Path::from_normalized(name, '/'),
-            false,
-            Bias::Never,
-        ))
+        Node::boxed(name, '/', Bias::Never)
     }
 
     /// Frees what the index still holds (the table does this for real).
@@ -612,16 +607,11 @@ mod loom_models {
     //! caught.
     use super::*;
     use crate::bias::Bias;
-    use crate::path::Path;
     use loom::sync::Arc;
     use loom::thread;
 
     fn node(name: &str) -> Box<Node> {
-        Box::new(Node::new(
-            Path::from_normalized(name, '/'),
-            false,
-            Bias::Never,
-        ))
+        Node::boxed(name, '/', Bias::Never)
     }
 
     fn free(n: NodeRef) {

@@ -247,14 +247,9 @@ impl Stamps {
 mod tests {
     use super::*;
     use crate::bias::Bias;
-    use crate::path::Path;
 
     fn node(name: &str) -> Box<Node> {
-        Box::new(Node::new(
-            Path::from_normalized(name, '/'),
-            false,
-            Bias::Never,
-        ))
+        Node::boxed(name, '/', Bias::Never)
     }
 
     fn node_ref(n: &Node) -> NodeRef {

@@ -121,6 +121,12 @@ const CLASS_S: u8 = 1;
 type Woken = SmallVec<[Arc<Waiter>; 4]>;
 
 impl Node {
+    /// A new non-root node named `name` (normalized, separator `sep`),
+    /// boxed, as the table stores it.
+    pub(crate) fn boxed(name: &str, sep: char, bias: Bias) -> Box<Node> {
+        Box::new(Node::new(Path::from_normalized(name, sep), false, bias))
+    }
+
     pub(crate) fn new(path: Path, is_root: bool, bias: Bias) -> Self {
         let threshold = match bias {
             Bias::Never => u32::MAX,

@@ -69,7 +69,6 @@ use crate::idle::IdleCache;
 #[cfg(not(loom))]
 use crate::index::Index;
 use crate::node::Node;
-use crate::path::Path;
 use crate::state::StateWord;
 use crate::sync::{Mutex, Ordering};
 
@@ -248,7 +247,7 @@ mod imp {
             let ticket = self.stamps.ticket(h);
             let node = self
                 .index
-                .get_or_insert(pin, name, || self.fresh(name, sep));
+                .get_or_insert(pin, name, || Node::boxed(name, sep, self.bias));
             self.stamps.remember(ticket, h, node);
             node
         }
@@ -265,7 +264,7 @@ mod imp {
                 // SAFETY: the node was taken out of the index by this call
                 // (exactly one removal succeeds per node), every cached
                 // pointer to it was invalidated, and it came from `Box::new`
-                // in `fresh` (`owned` is the index's pointer, with the
+                // in `Node::boxed` (`owned` is the index's pointer, with the
                 // allocation's provenance): we own it. No new thread can
                 // find it; threads that found it earlier are pinned, and
                 // the epoch drops it only after they all unpin.
@@ -347,7 +346,7 @@ mod imp {
             if let Some(n) = map.get(name) {
                 return *n;
             }
-            let fresh = NodeRef(NonNull::from(Box::leak(self.fresh(name, sep))));
+            let fresh = NodeRef(NonNull::from(Box::leak(Node::boxed(name, sep, self.bias))));
             map.insert(name.into(), fresh);
             fresh
         }
@@ -381,15 +380,6 @@ mod imp {
 pub(crate) use imp::{Pin, Table};
 
 impl Table {
-    /// A new node named `name`, owned by the caller until inserted.
-    fn fresh(&self, name: &str, sep: char) -> Box<Node> {
-        Box::new(Node::new(
-            Path::from_normalized(name, sep),
-            false,
-            self.bias,
-        ))
-    }
-
     /// Retires `node` if it is idle: into the idle cache (evicting the
     /// oldest node of a full shard), or, with the cache off, marks it dead
     /// and removes it from the map.

@@ -227,11 +227,10 @@ impl Index {
         &self.shards[(h >> 58) as usize % SHARDS]
     }
 
-    /// The shard's current array.
-    ///
-    /// The caller must be pinned, or hold the shard's mutex.
+    /// The shard's current array, valid while `pin` is held (and, for the
+    /// current one, while the caller holds the shard's mutex).
     #[inline]
-    fn array(shard: &Shard) -> &Array {
+    fn array<'a>(shard: &'a Shard, _pin: &'a Pin) -> &'a Array {
         // SAFETY: never null; an array is freed only after it was replaced
         // and every thread pinned before that unpinned (or, loom, when the
         // index drops), and a writer holding the mutex sees the current one.
@@ -241,9 +240,9 @@ impl Index {
     /// The node named `name`, if it is in the index (possibly dead). A
     /// miss may be a name inserted during the call (module docs).
     #[inline]
-    pub(crate) fn get(&self, _pin: &Pin, name: &str) -> Option<NodeRef> {
+    pub(crate) fn get(&self, pin: &Pin, name: &str) -> Option<NodeRef> {
         let h = self.hash(name);
-        Self::array(self.shard(h)).find(name, h)
+        Self::array(self.shard(h), pin).find(name, h)
     }
 
     /// The node named `name` (possibly dead), or the one `make` creates,
@@ -259,7 +258,7 @@ impl Index {
     ) -> NodeRef {
         let h = self.hash(name);
         let shard = self.shard(h);
-        if let Some(node) = Self::array(shard).find(name, h) {
+        if let Some(node) = Self::array(shard, pin).find(name, h) {
             return node;
         }
         self.insert(pin, shard, name, h, make)
@@ -275,18 +274,18 @@ impl Index {
         make: impl FnOnce() -> Box<Node>,
     ) -> NodeRef {
         let mut w = shard.writer.lock();
-        if let Some(node) = Self::array(shard).find(name, h) {
+        if let Some(node) = Self::array(shard, pin).find(name, h) {
             return node;
         }
         let node = make();
         debug_assert_eq!(node.path.as_str(), name);
         let node = NonNull::from(Box::leak(node));
-        let mut array = Self::array(shard);
+        let mut array = Self::array(shard, pin);
         let (mut slot, mut empty) = array.vacancy(h);
         if empty && (w.used + 1) * 2 > array.slots.len() {
             let live = w.live + 1;
             self.rebuild(pin, shard, &mut w, live);
-            array = Self::array(shard);
+            array = Self::array(shard, pin);
             (slot, empty) = array.vacancy(h);
         }
         w.used += usize::from(empty);
@@ -304,7 +303,7 @@ impl Index {
         let h = self.hash(name);
         let shard = self.shard(h);
         let mut w = shard.writer.lock();
-        let array = Self::array(shard);
+        let array = Self::array(shard, pin);
         let target = node.as_non_null().as_ptr();
         for slot in array.probe(h) {
             let p = slot.load(Ordering::Relaxed);
@@ -351,10 +350,10 @@ impl Index {
 
     /// Every node in the index (possibly dead ones), for snapshots and
     /// for the table's drop.
-    pub(crate) fn nodes(&self, _pin: &Pin) -> Vec<NodeRef> {
+    pub(crate) fn nodes(&self, pin: &Pin) -> Vec<NodeRef> {
         self.shards
             .iter()
-            .flat_map(|s| Self::array(s).nodes())
+            .flat_map(|s| Self::array(s, pin).nodes())
             .collect()
     }
 
@@ -496,7 +495,7 @@ mod tests {
         let slots: usize = index
             .shards
             .iter()
-            .map(|s| Index::array(s).slots.len())
+            .map(|s| Index::array(s, &pin).slots.len())
             .sum();
         assert!(
             slots <= SHARDS * MIN_SLOTS * 2,
@@ -513,7 +512,7 @@ mod tests {
         let after: usize = index
             .shards
             .iter()
-            .map(|s| Index::array(s).slots.len())
+            .map(|s| Index::array(s, &pin).slots.len())
             .sum();
         assert_eq!(after, slots);
         free_all(&index, &pin);

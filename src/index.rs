@@ -404,7 +404,6 @@ impl Drop for Index {
 mod tests {
     use super::*;
     use crate::bias::Bias;
-    use crate::table::Table;
 
     fn node(name: &str) -> Box<Node> {
         Node::boxed(name, '/', Bias::Never)
@@ -420,8 +419,7 @@ mod tests {
 
     #[test]
     fn finds_what_it_holds_and_only_that() {
-        let table = Table::new(0, Bias::Never);
-        let pin = table.pin();
+        let pin = Pin::new();
         let index = Index::new();
         let a = index.get_or_insert(&pin, "db/t/1", || node("db/t/1"));
         assert_eq!(index.get(&pin, "db/t/1"), Some(a));
@@ -437,8 +435,7 @@ mod tests {
 
     #[test]
     fn removal_is_by_node_and_happens_once() {
-        let table = Table::new(0, Bias::Never);
-        let pin = table.pin();
+        let pin = Pin::new();
         let index = Index::new();
         let a = index.get_or_insert(&pin, "a", || node("a"));
         let other = node("a");
@@ -458,8 +455,7 @@ mod tests {
 
     #[test]
     fn grows_shrinks_and_reuses_tombstones_without_losing_a_node() {
-        let table = Table::new(0, Bias::Never);
-        let pin = table.pin();
+        let pin = Pin::new();
         let index = Index::new();
         let (count, churn) = if cfg!(miri) {
             (1000, 300)
@@ -525,8 +521,7 @@ mod tests {
         #[test]
         fn agrees_with_a_map(ops in proptest::collection::vec((0u8..3, 0usize..300), 0..1500)) {
             use std::collections::HashMap;
-            let table = Table::new(0, Bias::Never);
-            let pin = table.pin();
+            let pin = Pin::new();
             let index = Index::new();
             let mut model: HashMap<String, NodeRef> = HashMap::new();
             for (op, k) in ops {
@@ -562,10 +557,9 @@ mod tests {
         // One thread keeps `stay/{i}` in the index while another inserts
         // and removes thousands of other names (rebuilding the shards):
         // lookups of the stayers never miss.
-        let table = Table::new(0, Bias::Never);
         let index = Index::new();
         let stay: Vec<String> = (0..64).map(|i| format!("stay/{i}")).collect();
-        let pin = table.pin();
+        let pin = Pin::new();
         let kept: Vec<NodeRef> = stay
             .iter()
             .map(|n| index.get_or_insert(&pin, n, || node(n)))
@@ -575,7 +569,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| {
                 for r in 0..rounds {
-                    let pin = table.pin();
+                    let pin = Pin::new();
                     let name = format!("go/{}", r % 997);
                     let n = index.get_or_insert(&pin, &name, || node(&name));
                     if r % 3 != 0 {
@@ -588,12 +582,12 @@ mod tests {
                 }
             });
             for r in 0..rounds {
-                let pin = table.pin();
+                let pin = Pin::new();
                 let i = r % stay.len();
                 assert_eq!(index.get(&pin, &stay[i]), Some(kept[i]));
             }
         });
-        let pin = table.pin();
+        let pin = Pin::new();
         free_all(&index, &pin);
     }
 }

@@ -15,16 +15,16 @@
 //! keeps [`GROUPS`] *stamps*, counters that each stand for the nodes whose
 //! name hashes to them:
 //!
-//! 1. **Evict:** whoever removes a node from the index bumps its group's stamp
-//!    *after* the removal and *before* it defers the destruction.
+//! 1. **Evict:** whoever removes a node from the index bumps its group's
+//!    stamp *after* the removal and *before* it defers the destruction.
 //! 2. **Remember:** a thread reads the group's stamp *before* it looks the
 //!    name up in the index, and caches the node it found with that stamp.
 //!    If the node had been removed before that read, the lookup could not
 //!    have found it (the removal's tombstone store, and any rebuild before
 //!    it, happen before the bump the read saw, `AcqRel` against `Acquire`,
-//!    and lookups load the array and its slots with `Acquire`); so a node cached
-//!    with stamp `s` was removed, if at all, by a bump that made the stamp
-//!    larger than `s`.
+//!    and lookups load the array and its slots with `Acquire`); so a node
+//!    cached with stamp `s` was removed, if at all, by a bump that made the
+//!    stamp larger than `s`.
 //! 3. **Hit:** a pinned thread follows a cached pointer only while the
 //!    group's stamp, read after pinning, still equals the cached one. The
 //!    stamp is one more link to the node, unlinked by the bump, exactly as
@@ -51,7 +51,7 @@
 //! A collision in the cache just replaces the older entry.
 //!
 //! Not built under loom (loom cannot model the epoch collector it relies
-//! on); the index alone serves lookups there.
+//! on); the table's mutex-protected map alone serves lookups there.
 
 use std::cell::Cell;
 use std::ptr;

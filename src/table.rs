@@ -161,6 +161,12 @@ mod imp {
     pub(crate) struct Pin(crossbeam_epoch::Guard);
 
     impl Pin {
+        /// Pins the current thread (re-entrant: cheap if already pinned).
+        #[inline]
+        pub(crate) fn new() -> Self {
+            Pin(crossbeam_epoch::pin())
+        }
+
         /// Runs `f` unpinned (to park without holding back reclamation);
         /// only `NodeRef`s of nodes the caller holds or waits on stay valid.
         pub(crate) fn unpinned<R>(&mut self, f: impl FnOnce() -> R) -> R {
@@ -222,7 +228,7 @@ mod imp {
 
         #[inline]
         pub(crate) fn pin(&self) -> Pin {
-            Pin(crossbeam_epoch::pin())
+            Pin::new()
         }
 
         /// The node named `name`, if it is in the table (possibly dead).

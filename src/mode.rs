@@ -124,6 +124,12 @@ impl Mode {
         matches!(self, Mode::IS | Mode::IX)
     }
 
+    /// Whether a bias class admits this mode: IS, IX or S (see `bias.rs`).
+    #[inline]
+    pub(crate) const fn is_biasable(self) -> bool {
+        matches!(self, Mode::IS | Mode::IX | Mode::S)
+    }
+
     /// The mode's name as written by `Display`: "IS", "IX", "S", "SIX" or "X".
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -377,7 +377,8 @@ impl Node {
             None => match self.state.try_acquire_fast(to, slots.is_some()) {
                 Fast::Granted => {
                     if let Some((table, _)) = slots {
-                        if self.threshold.load(Ordering::Relaxed) == 0 {
+                        // `Bias::Always`; only the class modes can bias.
+                        if to.is_biasable() && self.threshold.load(Ordering::Relaxed) == 0 {
                             self.contended(to, table);
                         }
                     }

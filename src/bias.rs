@@ -87,7 +87,8 @@
 #[cfg(not(loom))]
 use std::cell::Cell;
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::barrier;
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::Mode;
 
 /// How a tree biases hot nodes toward their readers (see the module docs
@@ -176,27 +177,56 @@ impl Hold {
     }
 }
 
-/// A request's slot index, picked on first use (`NO_SLOT` until then), so
-/// every level of one guard uses the same slot whichever thread takes it.
+/// A request's slot index: the slot of the thread that took its first
+/// slot hold (`NO_SLOT` until then). Every slot hold of one request is in
+/// that slot.
 pub(crate) const NO_SLOT: u8 = u8::MAX;
 
-/// The slot of a request, picking the calling thread's if none yet.
+/// The slot a new hold of a request may go through: the calling thread's
+/// own, if it owns one and the request has no slot yet or has this one.
+/// `None`: the hold goes in the word.
 #[inline]
-pub(crate) fn slot_of(idx: &mut u8) -> usize {
+pub(crate) fn slot_of(idx: &mut u8) -> Option<usize> {
+    let mine = thread_slot()?;
     if *idx == NO_SLOT {
-        *idx = thread_slot() as u8;
+        *idx = mine as u8;
     }
-    usize::from(*idx)
+    (usize::from(*idx) == mine).then_some(mine)
 }
 
-/// One slot on a cache line of its own.
+/// The gate is open: owners may write their slot words with plain stores.
+const OPEN: u32 = 1;
+/// In a slot's `remote`: a fold has taken the count; later increments
+/// are void (their holds were folded into debts).
+const CLOSED: u64 = 1 << 63;
+
+/// One slot, on a cache line of its own: its owner's word and window flag,
+/// and the count of its holds released by other threads.
 #[repr(align(128))]
 #[derive(Debug)]
-struct Slot(AtomicU64);
+struct Slot {
+    /// Counts, debts, `ACTIVE`, `CLASS_S` (layout at the top). While the
+    /// gate is open and the word is active, only the owner writes it, with
+    /// plain stores inside its window; otherwise everyone uses CAS.
+    word: AtomicU64,
+    /// Non-zero while the owner is inside a window.
+    busy: AtomicU32,
+    /// Holds of this slot released by threads other than its owner (IS
+    /// and class counts laid out as in `word`), plus `CLOSED`. Counted in
+    /// `word` too until the owner or a fold subtracts them.
+    remote: AtomicU64,
+}
+
+/// The gate on a line of its own: read by every window, written by folds
+/// and activations.
+#[repr(align(128))]
+#[derive(Debug)]
+struct Gate(AtomicU32);
 
 /// A node's slots, allocated the first time it is biased.
 #[derive(Debug)]
 pub(crate) struct Slots {
+    gate: Gate,
     slots: [Slot; SLOTS],
 }
 
@@ -231,120 +261,224 @@ fn counts(v: u64) -> (u64, u64) {
     (v & IS_MASK, (v & CLASS_MASK) >> 10)
 }
 
+/// The counts of `v` less the remote releases `r` (both fields; each of
+/// `r`'s is at most `v`'s, since a remote release is of a hold `v` counts).
+#[inline]
+fn less(v: u64, r: u64) -> u64 {
+    debug_assert!(r & IS_MASK <= v & IS_MASK && r & CLASS_MASK <= v & CLASS_MASK);
+    (v & COUNTS) - (r & COUNTS)
+}
+
 impl Slots {
     pub(crate) fn new() -> Self {
+        barrier::init();
         Slots {
-            slots: std::array::from_fn(|_| Slot(AtomicU64::new(0))),
+            gate: Gate(AtomicU32::new(0)),
+            slots: std::array::from_fn(|_| Slot {
+                word: AtomicU64::new(0),
+                busy: AtomicU32::new(0),
+                remote: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// Takes one hold of `m` through slot `idx`, if it is active, admits
-    /// `m` and has room.
-    #[inline]
-    pub(crate) fn try_acquire(&self, idx: usize, m: Mode) -> bool {
-        let slot = &self.slots[idx % SLOTS].0;
-        let mut v = slot.load(Ordering::Relaxed);
-        loop {
-            if v & ACTIVE == 0 {
-                return false;
-            }
-            let Some((one, mask)) = one(v, m) else {
-                return false;
-            };
-            if v & mask == mask {
-                return false;
-            }
-            match slot.compare_exchange_weak(v, v + one, Ordering::Acquire, Ordering::Relaxed) {
-                Ok(_) => return true,
-                Err(now) => v = now,
+    /// The owner's window on `slot`: if the gate is open, `f` gets the
+    /// word and may return a new one to store (and a verdict); otherwise
+    /// nothing is stored. Returns the verdict (`false` if the gate was
+    /// closed). See the module docs, "Owner windows".
+    #[inline(always)]
+    fn window(&self, slot: &Slot, f: impl FnOnce(u64) -> Option<(u64, bool)>) -> bool {
+        slot.busy.store(1, Ordering::Relaxed);
+        barrier::light();
+        let mut verdict = false;
+        if self.gate.0.load(Ordering::Acquire) == OPEN {
+            if let Some((next, ok)) = f(slot.word.load(Ordering::Relaxed)) {
+                slot.word.store(next, Ordering::Relaxed);
+                verdict = ok;
             }
         }
+        slot.busy.store(0, Ordering::Release);
+        verdict
+    }
+
+    /// Takes one hold of `m` through slot `idx`, which must be the calling
+    /// thread's own ([`slot_of`]), if it is active, admits `m` and has room.
+    #[inline]
+    pub(crate) fn try_acquire(&self, idx: usize, m: Mode) -> bool {
+        let slot = &self.slots[idx % SLOTS];
+        self.window(slot, |v| {
+            if v & ACTIVE == 0 {
+                return None;
+            }
+            let (one, mask) = one(v, m)?;
+            let mut v = v;
+            if v & mask == mask {
+                // Full, perhaps of holds other threads released: take
+                // those off (inside the window no fold touches `remote`).
+                let r = slot.remote.swap(0, Ordering::Acquire);
+                debug_assert!(r & CLOSED == 0, "remote closed while the gate is open");
+                v = (v & !COUNTS) | less(v, r);
+                if v & mask == mask {
+                    return Some((v, false));
+                }
+            }
+            Some((v + one, true))
+        })
     }
 
     /// Gives back a hold of `m` taken through slot `idx`. `false`: it paid
     /// off a debt instead: the hold is in the state word; release it there.
     #[inline]
     pub(crate) fn try_release(&self, idx: usize, m: Mode) -> bool {
-        let slot = &self.slots[idx % SLOTS].0;
+        let slot = &self.slots[idx % SLOTS];
         let (one, mask) = one_held(m);
-        let mut v = slot.load(Ordering::Relaxed);
-        loop {
-            let (next, in_slot) = if v & (mask << OWED_SHIFT) != 0 {
-                (v - (one << OWED_SHIFT), false)
-            } else {
+        if thread_slot() == Some(idx % SLOTS) {
+            let released = self.window(slot, |v| {
+                if v & ACTIVE == 0 {
+                    return None;
+                }
                 debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
-                (v - one, true)
-            };
-            // AcqRel: paying a debt must see the fold that put the hold
-            // into the word (its slot CAS released it), so this thread's
-            // release in the word comes after that fold's add.
-            match slot.compare_exchange_weak(v, next, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return in_slot,
-                Err(now) => v = now,
+                Some((v - one, true))
+            });
+            if released {
+                return true;
+            }
+            // The gate is closed (a fold may be running) or the slot
+            // folded: with CAS, like everyone else.
+            return Self::release_cas(slot, one, mask);
+        }
+        loop {
+            let v = slot.word.load(Ordering::Acquire);
+            if v & (mask << OWED_SHIFT) != 0 || v & ACTIVE == 0 {
+                if let Some(in_slot) = Self::try_release_cas(slot, v, one, mask) {
+                    return in_slot;
+                }
+                continue;
+            }
+            // Active: the owner may be storing to the word; count the
+            // release on the side.
+            let r = slot.remote.fetch_add(one, Ordering::AcqRel);
+            if r & CLOSED == 0 {
+                return true;
+            }
+            // A fold took the count before this release: the hold is (or
+            // is about to be) a debt. Wait for the fold to deactivate the
+            // word, then pay it.
+            spin();
+        }
+    }
+
+    /// The CAS release: pays a debt (`false`) or decrements the count
+    /// (`true`).
+    fn release_cas(slot: &Slot, one: u64, mask: u64) -> bool {
+        loop {
+            let v = slot.word.load(Ordering::Acquire);
+            if let Some(in_slot) = Self::try_release_cas(slot, v, one, mask) {
+                return in_slot;
             }
         }
+    }
+
+    /// One CAS of `release_cas` from `v`; `None` if the word changed.
+    #[inline]
+    fn try_release_cas(slot: &Slot, v: u64, one: u64, mask: u64) -> Option<bool> {
+        let (next, in_slot) = if v & (mask << OWED_SHIFT) != 0 {
+            (v - (one << OWED_SHIFT), false)
+        } else {
+            debug_assert!(v & mask != 0, "releasing a slot hold not counted");
+            (v - one, true)
+        };
+        // AcqRel: paying a debt must see the fold that put the hold into
+        // the word (its CAS released it), so this thread's release in the
+        // word comes after that fold's add.
+        slot.word
+            .compare_exchange(v, next, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| in_slot)
     }
 
     /// Turns a hold of `m` taken through slot `idx`, which a fold has
     /// moved into the state word, into a plain hold of the word: pays off
     /// its debt. Call after revoking.
     pub(crate) fn forgive(&self, idx: usize, m: Mode) {
-        let slot = &self.slots[idx % SLOTS].0;
+        let slot = &self.slots[idx % SLOTS];
         let (one, mask) = one_held(m);
-        let prev = slot.fetch_sub(one << OWED_SHIFT, Ordering::Relaxed);
+        let prev = slot.word.fetch_sub(one << OWED_SHIFT, Ordering::Relaxed);
         debug_assert!(
             prev & (mask << OWED_SHIFT) != 0,
             "no debt of {m} to forgive"
         );
     }
 
-    /// Makes every slot that owes nothing active in `class`. Call under the
-    /// queue lock, after the word got `BIASED` and its phantom holder.
+    /// Makes every slot that owes nothing active in `class`, then opens
+    /// the gate. Call under the queue lock, after the word got `BIASED` and
+    /// its phantom holder (the gate is closed: the node was not biased).
     pub(crate) fn activate(&self, class: Class) {
+        debug_assert_ne!(self.gate.0.load(Ordering::Relaxed), OPEN);
         let class_bit = match class {
             Class::IntentionExclusive => 0,
             Class::Shared => CLASS_S,
         };
         for s in &self.slots {
-            let mut v = s.0.load(Ordering::Relaxed);
+            let mut v = s.word.load(Ordering::Relaxed);
             loop {
                 debug_assert!(v & (ACTIVE | COUNTS) == 0, "activating a live slot");
                 if v & OWED != 0 {
                     // Debts of an earlier bias: this slot sits this one out
-                    // (its threads use the word).
+                    // (its owner uses the word).
                     break;
                 }
-                match s.0.compare_exchange_weak(
+                match s.word.compare_exchange_weak(
                     v,
                     class_bit | ACTIVE,
                     Ordering::Release,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        // No debts: nobody is still releasing a hold of an
+                        // earlier bias into `remote`.
+                        s.remote.store(0, Ordering::Relaxed);
+                        break;
+                    }
                     Err(now) => v = now,
                 }
             }
         }
+        self.gate.0.store(OPEN, Ordering::Release);
     }
 
-    /// Folds every active slot: `add` puts a slot's counts (IS, class mode)
-    /// into the word before the slot changes, `sub` takes them back out if
-    /// the slot changed meanwhile (then the fold of that slot is retried).
-    /// Each slot ends inactive, its counts turned into debts. Call under the
-    /// queue lock.
+    /// Folds every active slot: closes the gate and waits until no owner
+    /// is inside a window (see the module docs), then for each slot `add`
+    /// puts its counts (IS, class mode; its remote releases taken off)
+    /// into the word before the slot changes, and `sub` takes them back out
+    /// if the slot changed meanwhile (then the fold of that slot is
+    /// retried). Each slot ends inactive, its counts turned into debts.
+    /// Call under the queue lock.
     pub(crate) fn fold(&self, mut add: impl FnMut(u64, u64), mut sub: impl FnMut(u64, u64)) {
+        self.gate.0.store(0, Ordering::Relaxed);
+        barrier::heavy();
         for s in &self.slots {
-            let mut v = s.0.load(Ordering::Acquire);
+            while s.busy.load(Ordering::Acquire) != 0 {
+                spin();
+            }
+        }
+        for s in &self.slots {
+            let mut v = s.word.load(Ordering::Acquire);
+            if v & ACTIVE == 0 {
+                continue;
+            }
+            // From here a remote release is void and pays a debt instead.
+            let r = s.remote.fetch_or(CLOSED, Ordering::AcqRel);
+            debug_assert!(r & CLOSED == 0, "an active slot's remote is open");
             loop {
-                if v & ACTIVE == 0 {
-                    break;
-                }
+                debug_assert!(v & ACTIVE != 0, "only a fold deactivates a slot");
                 debug_assert!(v & OWED == 0, "an active slot owes nothing");
-                let (is, class) = counts(v);
+                let held = less(v, r);
+                let (is, class) = counts(held);
                 add(is, class);
-                let next = (v & CLASS_S) | ((v & COUNTS) << OWED_SHIFT);
+                let next = (v & CLASS_S) | (held << OWED_SHIFT);
                 match s
-                    .0
+                    .word
                     .compare_exchange(v, next, Ordering::AcqRel, Ordering::Acquire)
                 {
                     Ok(_) => break,
@@ -362,44 +496,119 @@ impl Slots {
     pub(crate) fn totals(&self) -> (u64, u64) {
         let mut total = (0, 0);
         for s in &self.slots {
-            let v = s.0.load(Ordering::Acquire);
+            let v = s.word.load(Ordering::Acquire);
             if v & ACTIVE != 0 {
+                let r = s.remote.load(Ordering::Acquire) & COUNTS;
+                // Racy: the two loads are not one snapshot.
                 let (is, class) = counts(v);
-                total.0 += is;
-                total.1 += class;
+                let (ris, rclass) = counts(r);
+                total.0 += is.saturating_sub(ris);
+                total.1 += class.saturating_sub(rclass);
             }
         }
         total
     }
 }
 
+/// A short wait for another thread's few instructions (an owner's window,
+/// a fold's CAS).
+#[cold]
+fn spin() {
+    crate::sync::thread::yield_now();
+}
+
+/// The calling thread's slot lease: `UNCLAIMED` until first asked for,
+/// then its slot index, or `NONE_LEFT` if every slot had an owner.
 #[cfg(not(loom))]
-static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+struct Lease(Cell<u8>);
+
+#[cfg(not(loom))]
+const UNCLAIMED: u8 = u8::MAX;
+#[cfg(not(loom))]
+const NONE_LEFT: u8 = u8::MAX - 1;
+
+/// Bit `i`: slot `i` has a live owner thread.
+#[cfg(not(loom))]
+static TAKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[cfg(not(loom))]
+const _: () = assert!(SLOTS <= 32);
+
+#[cfg(not(loom))]
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let i = self.0.get();
+        if usize::from(i) < SLOTS {
+            // Release: the next owner's claim (Acquire) sees this thread's
+            // last plain stores to its slot words.
+            TAKEN.fetch_and(!(1 << i), Ordering::Release);
+        }
+    }
+}
 
 #[cfg(not(loom))]
 thread_local! {
-    static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    static LEASE: Lease = const { Lease(Cell::new(UNCLAIMED)) };
 }
 
-/// The calling thread's slot index, assigned round-robin on first use.
+/// The slot the calling thread owns, claimed on first use: the lowest one
+/// no live thread owns, kept until the thread exits. `None` if all
+/// [`SLOTS`] have live owners (this thread then uses the word), or while
+/// the thread's locals are being destroyed.
 #[cfg(not(loom))]
 #[inline]
-pub(crate) fn thread_slot() -> usize {
-    SLOT.with(|s| {
-        let mut i = s.get();
-        if i == usize::MAX {
-            i = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % SLOTS;
-            s.set(i);
-        }
-        i
-    })
+pub(crate) fn thread_slot() -> Option<usize> {
+    LEASE
+        .try_with(|l| {
+            let mut i = l.0.get();
+            if i == UNCLAIMED {
+                i = claim();
+                l.0.set(i);
+            }
+            (usize::from(i) < SLOTS).then_some(usize::from(i))
+        })
+        .ok()
+        .flatten()
 }
 
-/// Under loom: from the model thread's id, the same in every execution.
+#[cfg(not(loom))]
+#[cold]
+fn claim() -> u8 {
+    let all = if SLOTS == 32 {
+        u32::MAX
+    } else {
+        (1u32 << SLOTS) - 1
+    };
+    let mut taken = TAKEN.load(Ordering::Relaxed);
+    loop {
+        if taken & all == all {
+            return NONE_LEFT;
+        }
+        let i = (!taken).trailing_zeros();
+        match TAKEN.compare_exchange_weak(
+            taken,
+            taken | 1 << i,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => return i as u8,
+            Err(now) => taken = now,
+        }
+    }
+}
+
+/// Under loom: the model thread's index, if below [`SLOTS`] (the main
+/// thread and the first spawned one), the same in every execution.
 #[cfg(loom)]
-pub(crate) fn thread_slot() -> usize {
+pub(crate) fn thread_slot() -> Option<usize> {
     let id = format!("{:?}", loom::thread::current().id());
-    id.bytes().map(usize::from).sum::<usize>() % SLOTS
+    let n: usize = id
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    (n < SLOTS).then_some(n)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -56,6 +56,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod barrier;
 mod bias;
 mod block;
 mod deadlock;

@@ -445,8 +445,8 @@ impl Node {
     /// in the word (within the headroom).
     #[inline(never)]
     fn acquire_biased(&self, to: Mode, idx: &mut u8) -> Option<Hold> {
-        if let Some(slots) = self.slots() {
-            if slots.try_acquire(slot_of(idx), to) {
+        if let (Some(slots), Some(mine)) = (self.slots(), slot_of(idx)) {
+            if slots.try_acquire(mine, to) {
                 return Some(Hold::SLOT);
             }
         }

@@ -7,7 +7,9 @@
 
 #[cfg(not(loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+    pub(crate) use std::sync::atomic::{
+        fence, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+    };
     pub(crate) use std::sync::Arc;
 
     /// A mutex whose `lock` returns the guard directly (no poisoning).
@@ -26,13 +28,15 @@ mod imp {
     }
 
     pub(crate) mod thread {
-        pub(crate) use std::thread::{current, park, park_timeout, Thread};
+        pub(crate) use std::thread::{current, park, park_timeout, yield_now, Thread};
     }
 }
 
 #[cfg(loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+    pub(crate) use loom::sync::atomic::{
+        fence, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+    };
     pub(crate) use loom::sync::Arc;
 
     /// loom's mutex behind the same interface as the std side.
@@ -52,7 +56,7 @@ mod imp {
     }
 
     pub(crate) mod thread {
-        pub(crate) use loom::thread::{current, park, Thread};
+        pub(crate) use loom::thread::{current, park, yield_now, Thread};
 
         /// loom has no clock: a timed park is an untimed one, and callers
         /// re-check their deadline after every wake-up.

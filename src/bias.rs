@@ -517,11 +517,6 @@ fn spin() {
     crate::sync::thread::yield_now();
 }
 
-/// The calling thread's slot lease: `UNCLAIMED` until first asked for,
-/// then its slot index, or `NONE_LEFT` if every slot had an owner.
-#[cfg(not(loom))]
-struct Lease(Cell<u8>);
-
 #[cfg(not(loom))]
 const UNCLAIMED: u8 = u8::MAX;
 #[cfg(not(loom))]
@@ -534,55 +529,54 @@ static TAKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0
 #[cfg(not(loom))]
 const _: () = assert!(SLOTS <= 32);
 
+/// Gives the thread's slot back when the thread exits.
+#[cfg(not(loom))]
+struct Lease(u8);
+
 #[cfg(not(loom))]
 impl Drop for Lease {
     fn drop(&mut self) {
-        let i = self.0.get();
-        if usize::from(i) < SLOTS {
-            // Release: the next owner's claim (Acquire) sees this thread's
-            // last plain stores to its slot words.
-            TAKEN.fetch_and(!(1 << i), Ordering::Release);
-        }
+        // From now on this thread releases as a stranger would.
+        let _ = MINE.try_with(|m| m.set(NONE_LEFT));
+        // Release: the next owner's claim (Acquire) sees this thread's
+        // last plain stores to its slot words.
+        TAKEN.fetch_and(!(1 << self.0), Ordering::Release);
     }
 }
 
 #[cfg(not(loom))]
 thread_local! {
-    static LEASE: Lease = const { Lease(Cell::new(UNCLAIMED)) };
+    /// The calling thread's slot: `UNCLAIMED` until first asked for, then
+    /// its index, or `NONE_LEFT`. No destructor, so reading it is one load.
+    static MINE: Cell<u8> = const { Cell::new(UNCLAIMED) };
+    /// Set when a slot is claimed; its destructor gives the slot back.
+    static LEASE: std::cell::RefCell<Option<Lease>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The slot the calling thread owns, claimed on first use: the lowest one
 /// no live thread owns, kept until the thread exits. `None` if all
-/// [`SLOTS`] have live owners (this thread then uses the word), or while
+/// [`SLOTS`] have live owners (this thread then uses the word), or once
 /// the thread's locals are being destroyed.
 #[cfg(not(loom))]
 #[inline]
 pub(crate) fn thread_slot() -> Option<usize> {
-    LEASE
-        .try_with(|l| {
-            let mut i = l.0.get();
-            if i == UNCLAIMED {
-                i = claim();
-                l.0.set(i);
-            }
-            (usize::from(i) < SLOTS).then_some(usize::from(i))
-        })
-        .ok()
-        .flatten()
+    let mut i = MINE.with(Cell::get);
+    if i == UNCLAIMED {
+        i = claim();
+    }
+    (usize::from(i) < SLOTS).then_some(usize::from(i))
 }
 
+/// Claims the lowest free slot for the calling thread (or `NONE_LEFT`)
+/// and arranges for it to be given back at thread exit.
 #[cfg(not(loom))]
 #[cold]
 fn claim() -> u8 {
-    let all = if SLOTS == 32 {
-        u32::MAX
-    } else {
-        (1u32 << SLOTS) - 1
-    };
+    let all = if SLOTS == 32 { u32::MAX } else { (1u32 << SLOTS) - 1 };
     let mut taken = TAKEN.load(Ordering::Relaxed);
-    loop {
+    let i = loop {
         if taken & all == all {
-            return NONE_LEFT;
+            break NONE_LEFT;
         }
         let i = (!taken).trailing_zeros();
         match TAKEN.compare_exchange_weak(
@@ -591,10 +585,20 @@ fn claim() -> u8 {
             Ordering::Acquire,
             Ordering::Relaxed,
         ) {
-            Ok(_) => return i as u8,
+            Ok(_) => break i as u8,
             Err(now) => taken = now,
         }
+    };
+    if usize::from(i) < SLOTS {
+        let kept = LEASE.try_with(|l| *l.borrow_mut() = Some(Lease(i)));
+        if kept.is_err() {
+            // The thread is exiting: give it back at once.
+            TAKEN.fetch_and(!(1 << i), Ordering::Release);
+            return NONE_LEFT;
+        }
     }
+    let _ = MINE.try_with(|m| m.set(i));
+    i
 }
 
 /// Under loom: the model thread's index, if below [`SLOTS`] (the main

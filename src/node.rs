@@ -105,10 +105,11 @@ pub(crate) struct Node {
     /// Whether the tree's list of biased nodes holds one of `pins` (changed
     /// only under the queue lock).
     listed: AtomicU8,
-    /// Contended CASes by compatible modes since the last bias or revoke.
+    /// Grants of class modes in the word (and contended CASes by them)
+    /// since the last bias or revoke.
     contended: AtomicU32,
-    /// How many contended CASes bias the node: 0 biases at once,
-    /// `u32::MAX` never.
+    /// How many such grants bias the node: 0 biases at once, `u32::MAX`
+    /// never.
     threshold: AtomicU32,
 }
 
@@ -174,6 +175,26 @@ impl Node {
         let seen = self.contended.fetch_add(1, Ordering::Relaxed) + 1;
         if seen >= threshold {
             self.bias(m, table);
+        }
+    }
+
+    /// Notes an uncontended grant of a class mode `m` in the word; biases
+    /// the node once there were enough grants and contended CASes. A slot
+    /// hold costs less than a CAS on the word even with one thread (see
+    /// `bias.rs`), so a node taken often in one class is worth biasing
+    /// whether or not threads fight over it. A plain load and store, not
+    /// a read-modify-write: the count only needs to be about right.
+    #[inline]
+    fn heat(&self, m: Mode, table: &Table) {
+        let threshold = self.threshold.load(Ordering::Relaxed);
+        if threshold == u32::MAX {
+            return;
+        }
+        let seen = self.contended.load(Ordering::Relaxed).saturating_add(1);
+        if seen >= threshold {
+            self.bias(m, table);
+        } else {
+            self.contended.store(seen, Ordering::Relaxed);
         }
     }
 
@@ -377,9 +398,8 @@ impl Node {
             None => match self.state.try_acquire_fast(to, slots.is_some()) {
                 Fast::Granted => {
                     if let Some((table, _)) = slots {
-                        // `Bias::Always`; only the class modes can bias.
-                        if to.is_biasable() && self.threshold.load(Ordering::Relaxed) == 0 {
-                            self.contended(to, table);
+                        if to.is_biasable() {
+                            self.heat(to, table);
                         }
                     }
                     return Ok(Acquire::Granted(Hold::WORD));
@@ -443,13 +463,21 @@ impl Node {
 
     /// The fast path on a biased node: through the request's slot, or else
     /// in the word (within the headroom).
-    #[inline(never)]
+    #[inline]
     fn acquire_biased(&self, to: Mode, idx: &mut u8) -> Option<Hold> {
         if let (Some(slots), Some(mine)) = (self.slots(), slot_of(idx)) {
             if slots.try_acquire(mine, to) {
                 return Some(Hold::SLOT);
             }
         }
+        self.acquire_biased_in_word(to)
+    }
+
+    /// `acquire_biased` when the slot refuses: in the word, within the
+    /// headroom.
+    #[cold]
+    #[inline(never)]
+    fn acquire_biased_in_word(&self, to: Mode) -> Option<Hold> {
         match self.state.try_acquire_fast(to, false) {
             Fast::Granted | Fast::Contended => Some(Hold::WORD),
             _ => None,

@@ -28,22 +28,20 @@
 //! a [`light`] that still reads the old choice fences, which is always
 //! safe, and the choice never goes back.
 
-use crate::sync::{fence, AtomicU8, Ordering};
+#[cfg(not(loom))]
+use crate::sync::fence;
+use crate::sync::Ordering;
+use std::sync::atomic::AtomicU8;
 
 const UNDECIDED: u8 = 0;
 const FENCES: u8 = 1;
 const MEMBARRIER: u8 = 2;
 
-#[cfg(not(loom))]
 static MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
-
-#[cfg(loom)]
-loom::lazy_static! {
-    static ref MODE: AtomicU8 = AtomicU8::new(UNDECIDED);
-}
 
 /// The light side: orders this thread's earlier stores before its later
 /// loads, as seen by a thread that calls [`heavy`].
+#[cfg(not(loom))]
 #[inline(always)]
 pub(crate) fn light() {
     if MODE.load(Ordering::Relaxed) == MEMBARRIER {
@@ -57,12 +55,34 @@ pub(crate) fn light() {
 /// either came before it (and the stores before that `light` are visible
 /// here) or comes after it (and the loads after it see the stores this
 /// thread made before calling this).
+#[cfg(not(loom))]
 pub(crate) fn heavy() {
     if init() {
         membarrier(CMD_PRIVATE_EXPEDITED);
     } else {
         fence(Ordering::SeqCst);
     }
+}
+
+// Under loom, whose `SeqCst` is not the C++ model's, both sides are a
+// read-modify-write of one location: such RMWs are totally ordered, and the
+// later one acquires what the earlier one released, so whichever side comes
+// second sees the other's store. Same guarantee, and loom checks it.
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref ORDER: crate::sync::AtomicU32 = crate::sync::AtomicU32::new(0);
+}
+
+/// Under loom: see above.
+#[cfg(loom)]
+pub(crate) fn light() {
+    ORDER.fetch_add(0, Ordering::AcqRel);
+}
+
+/// Under loom: see above.
+#[cfg(loom)]
+pub(crate) fn heavy() {
+    ORDER.fetch_add(0, Ordering::AcqRel);
 }
 
 /// Decides, once, whether [`heavy`] uses `membarrier`: `true` if it does.
@@ -84,11 +104,10 @@ pub(crate) fn init() -> bool {
 
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
 const CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+#[cfg(all(not(loom), not(all(target_os = "linux", not(miri)))))]
+const CMD_PRIVATE_EXPEDITED: i32 = 0;
 #[cfg(all(target_os = "linux", not(miri), not(loom)))]
 const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
-
-#[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
-const CMD_PRIVATE_EXPEDITED: i32 = 0;
 
 /// Registers the process for expedited private barriers; `false` if the
 /// kernel refuses (or has no `membarrier`).
@@ -114,7 +133,7 @@ fn membarrier(cmd: libc::c_int) {
     debug_assert_eq!(r, 0, "membarrier failed after registering");
 }
 
-#[cfg(not(all(target_os = "linux", not(miri), not(loom))))]
+#[cfg(all(not(loom), not(all(target_os = "linux", not(miri)))))]
 fn membarrier(_: i32) {
     unreachable!("membarrier is only chosen where it exists")
 }

@@ -1,13 +1,15 @@
-//! Reader bias for hot nodes: per-core intention slots (BRAVO / SNZI style).
+//! Reader bias for hot nodes: per-thread intention slots (BRAVO / SNZI
+//! style), taken without a read-modify-write by the thread that owns them.
 //!
 //! One state word per node is one cache line that every acquisition of the
 //! node writes. When two cores take compatible modes on the same node at
 //! once (IS on a shared root, IX on a hot table, S on a hot row) that line
-//! bounces between them and neither gets faster with more threads. A node
-//! that sees such contention becomes **biased**: acquisitions of one class
-//! of compatible modes go to a per-core slot of their own instead of the
-//! shared word, and any request that conflicts with that class revokes the
-//! bias first.
+//! bounces between them and neither gets faster with more threads; and
+//! even on one thread each acquisition and release is a CAS (about 11 ns
+//! here when nothing hides it). A node that is hot becomes **biased**:
+//! acquisitions of one class of compatible modes go to a slot of their
+//! own instead of the shared word, and any request that conflicts with
+//! that class revokes the bias first.
 //!
 //! # The slot word
 //!
@@ -24,7 +26,9 @@
 //!   lock.
 //! - `CLASS_S`: the bias class. Clear: {IS, IX} (the node's word carries one
 //!   phantom IX holder); set: {IS, S} (a phantom S holder).
-//! - The counts: holds taken through this slot that live in the slot.
+//! - The counts: holds taken through this slot that live in the slot (for
+//!   an owned slot, less those its `remote` counter says other threads
+//!   gave back; see below).
 //! - The owed counts: holds taken through this slot that a fold moved into
 //!   the word and that are not released yet.
 //!
@@ -36,30 +40,85 @@
 //! which deactivates it, creates debt); an inactive slot counts nothing.
 //! So every owed count is at most one fold's worth, `SLOT_MAX`.
 //!
+//! # Owned and shared slots
+//!
+//! A biased node has [`OWNED`] owned slots and [`SHARED`] shared ones,
+//! each on a cache line of its own. A thread claims the lowest owned slot
+//! no live thread owns the first time it needs one, and gives it back when
+//! it exits; while every owned slot has a live owner, further threads are
+//! spread over the shared slots round-robin. A request keeps the slot of
+//! the thread that took its first slot hold (every slot hold of one guard
+//! is in that slot), and takes further slot holds only on that thread.
+//!
+//! - A **shared slot** is only ever changed with CAS, by any of its
+//!   threads, by folds and by activation.
+//! - An **owned slot**'s word is written by its owner, with CAS or, inside
+//!   a *window*, with plain stores; by folds and activation (CAS, under
+//!   the queue lock, while no window can store); and by whoever pays a debt
+//!   (CAS, only while the slot is inactive, when no window stores either).
+//!   Any other thread giving back one of its holds (a guard moved to
+//!   another thread, an async task resumed elsewhere) adds to the slot's
+//!   `remote` counter instead; the owner takes such counts off its word
+//!   when the slot fills up, and a fold subtracts them.
+//!
+//! # Owner windows
+//!
+//! A window lets the owner take or give back a hold with a load and a
+//! store instead of a CAS. The owner stores a busy flag, passes
+//! [`barrier::light`], and reads the node's *gate*; only if the gate is
+//! open does it read and store its slot word; then it clears the flag
+//! (`Release`). A fold first closes the gate, passes [`barrier::heavy`]
+//! (`membarrier(2)` on Linux), and waits until every owned slot's busy
+//! flag is clear (`Acquire`); only then does it read and CAS the slots.
+//!
+//! This is Dekker's pattern with an asymmetric barrier (`barrier.rs`):
+//! either the owner's gate load comes after the fold's barrier, and sees
+//! the gate closed and stores nothing, or its busy store is visible to the
+//! fold, which waits for the window to end and then sees its store. So
+//! once the fold reads a slot no window is changing it, and none will
+//! until activation opens the gate again, under the queue lock the fold
+//! holds. The busy flag is a separate word: a window that found the gate
+//! closed never touched the slot word, so no plain store can land on a
+//! word that a CAS has changed.
+//!
+//! Windows are for prepared handles (a request with [`WINDOWS`]): between
+//! a handle's levels there is little work for a CAS to hide behind, and a
+//! window saves most of its cost. The plain walk looks up the next level
+//! while a CAS completes, which hides much of it, and a window's chain of
+//! dependent loads (slots, gate, slot word) then costs more than the CAS
+//! (figures in `docs/bench/benches.md`); so the walk takes its slot holds
+//! with CAS.
+//!
 //! # Protocol
 //!
 //! - **Bias** (under the queue lock): the state word gets `BIASED` plus one
 //!   phantom holder of the class's stronger mode (IX or S) — refused if a
 //!   holder conflicts with it or anyone waits — and only then are the slots
-//!   that owe nothing made `ACTIVE`. So a slot is active only while the
-//!   word says, through its phantom holder, that the class is held: every
-//!   request that conflicts with the class sees a conflict in the word and
-//!   takes the slow path, which revokes.
-//! - **Acquire through a slot**: one CAS on a slot (the one of the thread
-//!   that started the request), which must be active, of a class that
-//!   admits the mode, and not full. The guard remembers that the level is in
-//!   a slot, and which slot.
-//! - **Release through a slot**: one CAS that either decrements the count
-//!   (done) or pays off one debt; then the hold is released in the word
-//!   like any other (waking waiters if any).
-//! - **Revoke / fold** (under the queue lock): for each active slot, add its
-//!   counts to the word, then CAS the slot to inactive with its counts moved
-//!   to its debts (if the CAS loses to an acquire or release through the
-//!   slot, take the counts back out of the word and retry). Every hold is in
-//!   the word or in its slot at every moment, never in neither; the phantom
-//!   keeps conflicting requests out meanwhile. Finally the phantom and
-//!   `BIASED` leave the word; from then on the word counts every holder
-//!   exactly.
+//!   that owe nothing made `ACTIVE` (their `remote` counters zeroed) and
+//!   the gate opened. So a slot is active only while the word says,
+//!   through its phantom holder, that the class is held: every request
+//!   that conflicts with the class sees a conflict in the word and takes
+//!   the slow path, which revokes.
+//! - **Acquire through a slot**: on the request's own slot, which must be
+//!   active, of a class that admits the mode, and not full: a CAS, or a
+//!   window. The guard remembers that the level is in a slot, and which.
+//! - **Release through a slot**: a CAS or window that either decrements the
+//!   count (done) or pays off one debt (then the hold is released in the
+//!   word like any other, waking waiters if any); from a thread that does
+//!   not own the slot, while it is active, an increment of its `remote`
+//!   counter. If a fold has closed that counter, the increment is void:
+//!   the hold is (or is about to be) a debt, which the releaser waits to
+//!   see and pays.
+//! - **Revoke / fold** (under the queue lock): close the gate, pass the
+//!   heavy barrier, wait for windows to end; then for each active slot,
+//!   close its `remote` counter (the releases counted there are taken off
+//!   the slot's counts), add the counts to the word, then CAS the slot to
+//!   inactive with its counts moved to its debts (if the CAS loses to a
+//!   CAS acquire or release through the slot, take the counts back out of
+//!   the word and retry). Every hold is in the word or in its slot at
+//!   every moment, never in neither; the phantom keeps conflicting
+//!   requests out meanwhile. Finally the phantom and `BIASED` leave the
+//!   word; from then on the word counts every holder exactly.
 //! - **Never biased while anyone waits**: the slow path revokes before it
 //!   queues anything, and a node with `WAITING` is never biased; so a
 //!   release that only decrements a slot never has anyone to wake.
@@ -73,11 +132,14 @@
 //! # When a node becomes biased
 //!
 //! [`Bias::Adaptive`] (the default) biases a node after a number of
-//! contended compare-and-swaps on its word by compatible modes; a revoke
-//! doubles the number needed next time (up to a cap), so a node that
-//! alternates readers and writers stops flipping. [`Bias::Always`] biases at
-//! the first compatible acquisition (for nodes known to be hot, and for
-//! tests), [`Bias::Never`] never.
+//! contended compare-and-swaps on its word by compatible modes, or, on a
+//! node a prepared handle keeps, of grants of those modes (whose windows
+//! are cheaper than the word's CAS even on one thread); a revoke doubles
+//! the number needed next time (up to a cap), so a node that alternates
+//! readers and writers stops flipping. Each revoke costs a `membarrier`
+//! call (a few microseconds, more with many running threads).
+//! [`Bias::Always`] biases at the first compatible acquisition (for nodes
+//! known to be hot, and for tests), [`Bias::Never`] never.
 //!
 //! A biased node is kept (as if pinned by a prepared handle) in a short list
 //! of the tree's biased nodes; biasing one more than [`MAX_BIASED`] revokes
@@ -97,7 +159,7 @@ use crate::Mode;
 /// ```
 /// use hierlock::{Bias, LockTree, Mode};
 /// let tree = LockTree::builder().bias(Bias::Always).build();
-/// let r = tree.lock("/db/hot", Mode::S).unwrap(); // through a per-core slot
+/// let r = tree.lock("/db/hot", Mode::S).unwrap(); // through a per-thread slot
 /// // A conflicting request revokes the bias and waits for the reader as usual.
 /// assert!(tree.try_lock("/db/hot", Mode::X).is_err());
 /// drop(r);
@@ -116,13 +178,24 @@ pub enum Bias {
     Always,
 }
 
-/// Slots per biased node. Threads are spread over them round-robin.
+/// Owned slots per biased node: each belongs to one live thread, which
+/// may change it with plain stores (see "Owner windows").
 #[cfg(not(loom))]
-pub(crate) const SLOTS: usize = 16;
-/// Two slots are enough for loom's few threads, and keep its state space
-/// small.
+pub(crate) const OWNED: usize = 16;
+/// Shared slots per biased node, for threads beyond the owned ones,
+/// spread over them round-robin; changed with CAS only.
+#[cfg(not(loom))]
+pub(crate) const SHARED: usize = 16;
+/// Under loom: the main thread and the first spawned one own a slot, a
+/// third thread shares one; enough for its few threads, and keeps its
+/// state space small.
 #[cfg(loom)]
-pub(crate) const SLOTS: usize = 2;
+pub(crate) const OWNED: usize = 2;
+/// See above.
+#[cfg(loom)]
+pub(crate) const SHARED: usize = 1;
+/// Slots per biased node: the owned ones, then the shared ones.
+pub(crate) const SLOTS: usize = OWNED + SHARED;
 /// The most holds one slot counts per mode; more go through the word.
 pub(crate) const SLOT_MAX: u64 = (1 << 10) - 1;
 /// How far below its maximum the word keeps each count while biased.
@@ -177,21 +250,41 @@ impl Hold {
     }
 }
 
-/// A request's slot index: the slot of the thread that took its first
-/// slot hold (`NO_SLOT` until then). Every slot hold of one request is in
-/// that slot.
-pub(crate) const NO_SLOT: u8 = u8::MAX;
+/// A request's slot byte: the index of the slot of the thread that took
+/// its first slot hold (`NO_SLOT` until then), plus [`WINDOWS`]. Every
+/// slot hold of one request is in that slot.
+pub(crate) const NO_SLOT: u8 = 0x7f;
+/// In a request's slot byte: its owner takes and gives back its holds in
+/// windows (plain stores) rather than with CAS. Prepared handles set it:
+/// between their levels there is little for a CAS to hide behind, while
+/// the plain walk's lookups overlap the CAS and pay for a window's longer
+/// chain of loads (`docs/bench/benches.md`).
+pub(crate) const WINDOWS: u8 = 0x80;
+
+/// The slot index in a request's slot byte.
+#[inline]
+pub(crate) fn slot_index(b: u8) -> usize {
+    usize::from(b & !WINDOWS)
+}
 
 /// The slot a new hold of a request may go through: the calling thread's
-/// own, if it owns one and the request has no slot yet or has this one.
-/// `None`: the hold goes in the word.
+/// own, if the request has no slot yet or has this one. `None`: the hold
+/// goes in the word.
 #[inline]
-pub(crate) fn slot_of(idx: &mut u8) -> Option<usize> {
+pub(crate) fn slot_of(b: &mut u8) -> Option<usize> {
     let mine = thread_slot()?;
-    if *idx == NO_SLOT {
-        *idx = mine as u8;
+    if *b & !WINDOWS == NO_SLOT {
+        *b = (*b & WINDOWS) | mine as u8;
     }
-    (usize::from(*idx) == mine).then_some(mine)
+    (slot_index(*b) == mine).then_some(mine)
+}
+
+/// How a CAS on a slot went.
+#[derive(Debug, PartialEq, Eq)]
+enum Cas {
+    Taken,
+    Refused,
+    Full,
 }
 
 /// The gate is open: owners may write their slot words with plain stores.
@@ -302,10 +395,23 @@ impl Slots {
     }
 
     /// Takes one hold of `m` through slot `idx`, which must be the calling
-    /// thread's own ([`slot_of`]), if it is active, admits `m` and has room.
+    /// thread's own ([`slot_of`]), if it is active, admits `m` and has room:
+    /// in a window if `windows` and the slot is owned, else with CAS.
     #[inline]
-    pub(crate) fn try_acquire(&self, idx: usize, m: Mode) -> bool {
+    pub(crate) fn try_acquire(&self, idx: usize, m: Mode, windows: bool) -> bool {
         let slot = &self.slots[idx % SLOTS];
+        if idx >= OWNED {
+            return Self::acquire_cas(slot, m) == Cas::Taken;
+        }
+        if !windows {
+            match Self::acquire_cas(slot, m) {
+                Cas::Taken => return true,
+                Cas::Refused => return false,
+                // Perhaps full of holds other threads released: a window
+                // takes those off.
+                Cas::Full => {}
+            }
+        }
         self.window(slot, |v| {
             if v & ACTIVE == 0 {
                 return None;
@@ -326,25 +432,54 @@ impl Slots {
         })
     }
 
-    /// Gives back a hold of `m` taken through slot `idx`. `false`: it paid
-    /// off a debt instead: the hold is in the state word; release it there.
+    /// Takes one hold of `m` through `slot` with CAS: on a shared slot by
+    /// any of its threads, on an owned one by its owner only.
     #[inline]
-    pub(crate) fn try_release(&self, idx: usize, m: Mode) -> bool {
+    fn acquire_cas(slot: &Slot, m: Mode) -> Cas {
+        let mut v = slot.word.load(Ordering::Relaxed);
+        loop {
+            if v & ACTIVE == 0 {
+                return Cas::Refused;
+            }
+            let Some((one, mask)) = one(v, m) else {
+                return Cas::Refused;
+            };
+            if v & mask == mask {
+                return Cas::Full;
+            }
+            match slot
+                .word
+                .compare_exchange_weak(v, v + one, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Cas::Taken,
+                Err(now) => v = now,
+            }
+        }
+    }
+
+    /// Gives back a hold of `m` taken through slot `idx` (in a window if
+    /// `windows` and the caller owns the slot). `false`: it paid off a debt
+    /// instead: the hold is in the state word; release it there.
+    #[inline]
+    pub(crate) fn try_release(&self, idx: usize, m: Mode, windows: bool) -> bool {
         let slot = &self.slots[idx % SLOTS];
         let (one, mask) = one_held(m);
-        if thread_slot() == Some(idx % SLOTS) {
-            let released = self.window(slot, |v| {
-                if v & ACTIVE == 0 {
-                    return None;
-                }
-                debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
-                Some((v - one, true))
-            });
-            if released {
+        if idx >= OWNED {
+            return Self::release_cas(slot, one, mask);
+        }
+        if thread_slot() == Some(idx) {
+            if windows
+                && self.window(slot, |v| {
+                    if v & ACTIVE == 0 {
+                        return None;
+                    }
+                    debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
+                    Some((v - one, true))
+                })
+            {
                 return true;
             }
-            // The gate is closed (a fold may be running) or the slot
-            // folded: with CAS, like everyone else.
+            // The owner's CAS (the gate may be closed, the slot folded).
             return Self::release_cas(slot, one, mask);
         }
         loop {
@@ -522,12 +657,12 @@ const UNCLAIMED: u8 = u8::MAX;
 #[cfg(not(loom))]
 const NONE_LEFT: u8 = u8::MAX - 1;
 
-/// Bit `i`: slot `i` has a live owner thread.
+/// Bit `i`: owned slot `i` has a live owner thread.
 #[cfg(not(loom))]
 static TAKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 #[cfg(not(loom))]
-const _: () = assert!(SLOTS <= 32);
+const _: () = assert!(OWNED <= 32 && SLOTS < NO_SLOT as usize);
 
 /// Gives the thread's slot back when the thread exits.
 #[cfg(not(loom))]
@@ -553,10 +688,11 @@ thread_local! {
     static LEASE: std::cell::RefCell<Option<Lease>> = const { std::cell::RefCell::new(None) };
 }
 
-/// The slot the calling thread owns, claimed on first use: the lowest one
-/// no live thread owns, kept until the thread exits. `None` if all
-/// [`SLOTS`] have live owners (this thread then uses the word), or once
-/// the thread's locals are being destroyed.
+/// The calling thread's slot, picked on first use: the lowest owned slot
+/// no live thread owns, kept until the thread exits, or if every owned
+/// slot has a live owner a shared one (round-robin). `None` once the
+/// thread's locals are being destroyed (it then uses the word, and gives
+/// back holds of its former slot as other threads do).
 #[cfg(not(loom))]
 #[inline]
 pub(crate) fn thread_slot() -> Option<usize> {
@@ -567,16 +703,24 @@ pub(crate) fn thread_slot() -> Option<usize> {
     (usize::from(i) < SLOTS).then_some(usize::from(i))
 }
 
-/// Claims the lowest free slot for the calling thread (or `NONE_LEFT`)
-/// and arranges for it to be given back at thread exit.
+/// Claims the lowest free owned slot for the calling thread, arranging
+/// for it to be given back at thread exit, or else picks a shared one.
 #[cfg(not(loom))]
 #[cold]
 fn claim() -> u8 {
-    let all = if SLOTS == 32 { u32::MAX } else { (1u32 << SLOTS) - 1 };
+    let all = if OWNED == 32 {
+        u32::MAX
+    } else {
+        (1u32 << OWNED) - 1
+    };
     let mut taken = TAKEN.load(Ordering::Relaxed);
     let i = loop {
         if taken & all == all {
-            break NONE_LEFT;
+            // Every owned slot has a live owner: share one.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let shared = OWNED + NEXT.fetch_add(1, Ordering::Relaxed) % SHARED;
+            let _ = MINE.try_with(|m| m.set(shared as u8));
+            return shared as u8;
         }
         let i = (!taken).trailing_zeros();
         match TAKEN.compare_exchange_weak(
@@ -589,7 +733,7 @@ fn claim() -> u8 {
             Err(now) => taken = now,
         }
     };
-    if usize::from(i) < SLOTS {
+    if usize::from(i) < OWNED {
         let kept = LEASE.try_with(|l| *l.borrow_mut() = Some(Lease(i)));
         if kept.is_err() {
             // The thread is exiting: give it back at once.
@@ -601,8 +745,9 @@ fn claim() -> u8 {
     i
 }
 
-/// Under loom: the model thread's index, if below [`SLOTS`] (the main
-/// thread and the first spawned one), the same in every execution.
+/// Under loom: the model thread's index owns that slot if below
+/// [`OWNED`] (the main thread and the first spawned one); later threads
+/// share. The same in every execution.
 #[cfg(loom)]
 pub(crate) fn thread_slot() -> Option<usize> {
     let id = format!("{:?}", loom::thread::current().id());
@@ -612,56 +757,97 @@ pub(crate) fn thread_slot() -> Option<usize> {
         .collect::<String>()
         .parse()
         .ok()?;
-    (n < SLOTS).then_some(n)
+    Some(if n < OWNED {
+        n
+    } else {
+        OWNED + (n - OWNED) % SHARED
+    })
 }
 
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
+    /// The test thread's own slot (tests run on threads that own one while
+    /// fewer than `OWNED` tests run at once).
+    fn mine() -> usize {
+        let i = thread_slot().expect("a live thread has a slot");
+        assert!(i < OWNED, "the test thread shares a slot: too many threads");
+        i
+    }
+
+    /// A shared slot, which any thread may use with CAS.
+    const SHARED_SLOT: usize = OWNED;
+
     #[test]
     fn inactive_slots_take_nothing() {
         let s = Slots::new();
-        assert!(!s.try_acquire(0, Mode::IS));
+        for windows in [false, true] {
+            assert!(!s.try_acquire(mine(), Mode::IS, windows));
+            assert!(!s.try_acquire(SHARED_SLOT, Mode::IS, windows));
+        }
     }
 
     #[test]
     fn class_decides_which_modes_go_through_slots() {
-        let s = Slots::new();
-        s.activate(Class::IntentionExclusive);
-        assert!(s.try_acquire(3, Mode::IX));
-        assert!(!s.try_acquire(3, Mode::S));
-        assert_eq!(s.totals(), (0, 1));
-        assert!(s.try_release(3, Mode::IX));
-        assert_eq!(s.totals(), (0, 0));
+        for windows in [false, true] {
+            let s = Slots::new();
+            s.activate(Class::IntentionExclusive);
+            assert!(s.try_acquire(mine(), Mode::IX, windows));
+            assert!(!s.try_acquire(mine(), Mode::S, windows));
+            assert_eq!(s.totals(), (0, 1));
+            assert!(s.try_release(mine(), Mode::IX, windows));
+            assert_eq!(s.totals(), (0, 0));
 
-        let s = Slots::new();
-        s.activate(Class::Shared);
-        assert!(!s.try_acquire(0, Mode::IX));
-        assert!(s.try_acquire(0, Mode::S));
-        assert!(s.try_acquire(1, Mode::IS));
-        assert_eq!(s.totals(), (1, 1));
+            let s = Slots::new();
+            s.activate(Class::Shared);
+            assert!(!s.try_acquire(mine(), Mode::IX, windows));
+            assert!(s.try_acquire(mine(), Mode::S, windows));
+            assert!(s.try_acquire(SHARED_SLOT, Mode::IS, windows));
+            assert_eq!(s.totals(), (1, 1));
+        }
     }
 
     #[test]
     fn a_full_slot_refuses() {
         let s = Slots::new();
         s.activate(Class::Shared);
-        for _ in 0..SLOT_MAX {
-            assert!(s.try_acquire(0, Mode::S));
+        for i in 0..SLOT_MAX {
+            assert!(s.try_acquire(mine(), Mode::S, i % 2 == 0));
         }
-        assert!(!s.try_acquire(0, Mode::S));
-        assert!(s.try_acquire(0, Mode::IS));
-        assert!(s.try_acquire(1, Mode::S));
+        assert!(!s.try_acquire(mine(), Mode::S, true));
+        assert!(!s.try_acquire(mine(), Mode::S, false));
+        assert!(s.try_acquire(mine(), Mode::IS, true));
+        assert!(s.try_acquire(SHARED_SLOT, Mode::S, false));
+    }
+
+    #[test]
+    fn windows_and_cas_mix_on_an_owned_slot() {
+        let s = Slots::new();
+        s.activate(Class::Shared);
+        assert!(s.try_acquire(mine(), Mode::S, true));
+        assert!(s.try_acquire(mine(), Mode::S, false));
+        assert!(s.try_release(mine(), Mode::S, false));
+        assert!(s.try_release(mine(), Mode::S, true));
+        assert_eq!(s.totals(), (0, 0));
+    }
+
+    #[test]
+    fn a_closed_gate_takes_no_window_hold() {
+        let s = Slots::new();
+        s.activate(Class::Shared);
+        s.gate.0.store(0, Ordering::Relaxed);
+        assert!(!s.try_acquire(mine(), Mode::S, true));
+        assert_eq!(s.totals(), (0, 0));
     }
 
     #[test]
     fn fold_turns_counts_into_debts_paid_by_releases() {
         let s = Slots::new();
         s.activate(Class::IntentionExclusive);
-        assert!(s.try_acquire(0, Mode::IS));
-        assert!(s.try_acquire(0, Mode::IX));
-        assert!(s.try_acquire(0, Mode::IX));
+        assert!(s.try_acquire(mine(), Mode::IS, true));
+        assert!(s.try_acquire(mine(), Mode::IX, false));
+        assert!(s.try_acquire(mine(), Mode::IX, true));
         let mut moved = (0, 0);
         s.fold(
             |is, c| {
@@ -673,16 +859,98 @@ mod tests {
         assert_eq!(moved, (1, 2));
         assert_eq!(s.totals(), (0, 0));
         // Folded: a release pays a debt and goes to the word.
-        assert!(!s.try_release(0, Mode::IX));
+        assert!(!s.try_release(mine(), Mode::IX, true));
         // A slot with debts is not activated again...
         s.activate(Class::Shared);
-        assert!(!s.try_acquire(0, Mode::S));
+        assert!(!s.try_acquire(mine(), Mode::S, true));
         // ... until they are paid (one IS released, one IX forgiven).
-        assert!(!s.try_release(0, Mode::IS));
-        s.forgive(0, Mode::IX);
+        assert!(!s.try_release(mine(), Mode::IS, false));
+        s.forgive(mine(), Mode::IX);
         s.fold(|_, _| {}, |_, _| {});
         s.activate(Class::Shared);
-        assert!(s.try_acquire(0, Mode::S));
-        assert!(s.try_release(0, Mode::S));
+        assert!(s.try_acquire(mine(), Mode::S, true));
+        assert!(s.try_release(mine(), Mode::S, true));
+    }
+
+    #[test]
+    fn other_threads_release_on_the_side_and_the_fold_subtracts_them() {
+        let s = Slots::new();
+        s.activate(Class::Shared);
+        let owner = mine();
+        for _ in 0..3 {
+            assert!(s.try_acquire(owner, Mode::S, true));
+        }
+        // Two of the three given back by another thread (a guard sent
+        // there): counted on the side, not in the owner's word.
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                assert!(s.try_release(owner, Mode::S, true));
+                assert!(s.try_release(owner, Mode::S, false));
+            });
+        });
+        assert_eq!(s.totals(), (0, 1));
+        let mut moved = (0, 0);
+        s.fold(|is, c| moved = (moved.0 + is, moved.1 + c), |_, _| {});
+        assert_eq!(moved, (0, 1), "only the hold still held is folded");
+        // The last one, released by yet another thread after the fold,
+        // pays the debt (and is released in the word by the caller).
+        std::thread::scope(|sc| {
+            sc.spawn(|| assert!(!s.try_release(owner, Mode::S, true)));
+        });
+        s.fold(|_, _| {}, |_, _| {});
+        s.activate(Class::Shared);
+        assert!(
+            s.try_acquire(owner, Mode::S, true),
+            "paid off: active again"
+        );
+    }
+
+    #[test]
+    fn a_slot_full_of_holds_released_elsewhere_takes_them_back() {
+        let s = Slots::new();
+        s.activate(Class::Shared);
+        let owner = mine();
+        for _ in 0..SLOT_MAX {
+            assert!(s.try_acquire(owner, Mode::S, false));
+        }
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                for _ in 0..10 {
+                    assert!(s.try_release(owner, Mode::S, false));
+                }
+            });
+        });
+        // The word still counts them; the CAS path sees it full and hands
+        // over to a window, which takes the ten off.
+        assert!(s.try_acquire(owner, Mode::S, false));
+        assert_eq!(s.totals(), (0, SLOT_MAX - 10 + 1));
+    }
+
+    #[test]
+    fn live_threads_own_distinct_slots() {
+        let n = 4;
+        let barrier = std::sync::Barrier::new(n);
+        let got: Vec<usize> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..n)
+                .map(|_| {
+                    sc.spawn(|| {
+                        let i = thread_slot().unwrap();
+                        barrier.wait(); // all alive at once
+                        i
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let owned: Vec<usize> = got.iter().copied().filter(|&i| i < OWNED).collect();
+        let mut unique = owned.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            owned.len(),
+            "two live threads own one slot: {got:?}"
+        );
+        assert!(got.iter().all(|&i| i < SLOTS));
     }
 }

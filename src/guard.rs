@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::bias::{Hold, NO_SLOT};
+use crate::bias::{slot_index, Hold, NO_SLOT, WINDOWS};
 use crate::node::Node;
 use crate::path::{IntoPath, ParsedPath, Path};
 use crate::table::NodeRef;
@@ -98,6 +98,15 @@ impl Held {
         }
     }
 
+    /// As [`new`](Self::new), for a request whose slot holds are taken and
+    /// given back in owner windows (`bias::WINDOWS`): a prepared handle's.
+    pub(crate) fn with_windows() -> Self {
+        Held {
+            levels: SmallVec::new(),
+            slot: NO_SLOT | WINDOWS,
+        }
+    }
+
     /// The number of levels held.
     pub(crate) fn len(&self) -> usize {
         self.levels.len()
@@ -115,7 +124,7 @@ impl Held {
             if level.in_slot() {
                 let (node, mode) = level.get();
                 // SAFETY: held.
-                unsafe { node.get() }.materialize(usize::from(self.slot), mode);
+                unsafe { node.get() }.materialize(slot_index(self.slot), mode);
                 *level = Level::new(node, mode);
             }
         }
@@ -141,7 +150,7 @@ impl Held {
                 // SAFETY: held (in the slot, or folded into the word) until
                 // this CAS; no `&Node` is made.
                 let slots = unsafe { node.slots() }.expect("a slot hold has slots");
-                if slots.try_release(usize::from(self.slot), mode) {
+                if slots.try_release(slot_index(self.slot), mode, self.slot & WINDOWS != 0) {
                     continue;
                 }
                 // Folded: the hold is in the word.

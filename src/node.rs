@@ -42,7 +42,7 @@
 //!   close the cycle gets [`Error::Deadlock`] before it queues.
 //!
 //! - **Bias.** A hot node may be biased (see `bias.rs`): holds of one class
-//!   of modes then live in per-core slots, and the word carries a phantom
+//!   of modes then live in per-thread slots, and the word carries a phantom
 //!   holder for them. The slow path revokes the bias (folds the slots into
 //!   the word) under the queue lock before it looks at the word, so every
 //!   decision below is made on exact counts; and a node is only biased,
@@ -55,7 +55,7 @@ use std::collections::VecDeque;
 
 use smallvec::SmallVec;
 
-use crate::bias::{slot_of, Bias, Class, Hold, Slots, FIRST_THRESHOLD, MAX_THRESHOLD};
+use crate::bias::{slot_of, Bias, Class, Hold, Slots, FIRST_THRESHOLD, MAX_THRESHOLD, WINDOWS};
 use crate::park::Waiter;
 use crate::path::Path;
 use crate::state::{Fast, ModeSet, Refusal, StateWord};
@@ -96,7 +96,7 @@ pub(crate) struct Node {
     pins: AtomicU32,
     /// The root is never unlinked.
     is_root: bool,
-    /// The per-core slots (see `bias.rs`), allocated under the queue lock
+    /// The per-thread slots (see `bias.rs`), allocated under the queue lock
     /// the first time the node is biased; freed with the node.
     pub(crate) slots: AtomicPtr<Slots>,
     /// The current bias class (`CLASS_*`); changed only under the queue
@@ -178,12 +178,15 @@ impl Node {
         }
     }
 
-    /// Notes an uncontended grant of a class mode `m` in the word; biases
-    /// the node once there were enough grants and contended CASes. A slot
-    /// hold costs less than a CAS on the word even with one thread (see
-    /// `bias.rs`), so a node taken often in one class is worth biasing
-    /// whether or not threads fight over it. A plain load and store, not
-    /// a read-modify-write: the count only needs to be about right.
+    /// Notes an uncontended grant of a class mode `m` in the word of a
+    /// node a prepared handle keeps; biases the node once there were
+    /// enough grants and contended CASes. A hold taken in an owner window
+    /// costs less than a CAS on the word even with one thread, where
+    /// little else happens between the CASes, as on a prepared handle's
+    /// levels (`bias.rs`, `docs/bench/benches.md`); so a prepared node
+    /// taken often in one class is worth biasing whether or not threads
+    /// fight over it. A plain load and store, not a read-modify-write: the
+    /// count only needs to be about right.
     #[inline]
     fn heat(&self, m: Mode, table: &Table) {
         let threshold = self.threshold.load(Ordering::Relaxed);
@@ -398,7 +401,13 @@ impl Node {
             None => match self.state.try_acquire_fast(to, slots.is_some()) {
                 Fast::Granted => {
                     if let Some((table, _)) = slots {
-                        if to.is_biasable() {
+                        // Uncontended grants count toward a bias on nodes
+                        // a prepared handle keeps (see `heat`), and under
+                        // `Bias::Always` (threshold 0).
+                        if to.is_biasable()
+                            && (self.pins.load(Ordering::Relaxed) != 0
+                                || self.threshold.load(Ordering::Relaxed) == 0)
+                        {
                             self.heat(to, table);
                         }
                     }
@@ -466,7 +475,7 @@ impl Node {
     #[inline]
     fn acquire_biased(&self, to: Mode, idx: &mut u8) -> Option<Hold> {
         if let (Some(slots), Some(mine)) = (self.slots(), slot_of(idx)) {
-            if slots.try_acquire(mine, to) {
+            if slots.try_acquire(mine, to, *idx & WINDOWS != 0) {
                 return Some(Hold::SLOT);
             }
         }

@@ -88,7 +88,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     /// The top-down walk over the pinned nodes.
     #[inline]
     fn acquire(&self, mode: Mode, wait: Wait) -> Result<Held, Error> {
-        let mut held = Held::new();
+        let mut held = Held::with_windows();
         self.acquire_pinned(&mut held, mode, true, wait)?;
         Ok(held)
     }
@@ -152,7 +152,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             &heap
         };
         let full = ParsedPath::from_normalized(text, depth, sep);
-        let mut held = Held::new();
+        let mut held = Held::with_windows();
         self.acquire_pinned(&mut held, mode, false, wait)?;
         tree.acquire_below(
             &mut held,

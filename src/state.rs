@@ -33,7 +33,7 @@
 //!   its pointer stays valid without an epoch pin. It is set and cleared
 //!   only under the queue's lock, by the handle count's 0 <-> 1 transitions.
 //! - `BIASED` is set while the node takes holds of one class of modes
-//!   through per-core slots (see `bias.rs`); the word then also counts one
+//!   through per-thread slots (see `bias.rs`); the word then also counts one
 //!   phantom holder of the class's stronger mode (IX or S), so every request
 //!   that conflicts with the class sees a conflict here and goes to the slow
 //!   path, which revokes the bias. Set and cleared only under the queue

@@ -34,9 +34,7 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{
-        fence, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
-    };
+    pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
     pub(crate) use loom::sync::Arc;
 
     /// loom's mutex behind the same interface as the std side.

@@ -135,12 +135,15 @@ impl Builder {
     /// [`Bias::Adaptive`]).
     ///
     /// A biased node takes the compatible modes of one class — {IS, IX}
-    /// or {IS, S} — through per-core slots instead of its one shared state
-    /// word, so threads on different cores taking IS on a shared root, IX
-    /// on a hot table or S on a hot row stop fighting over one cache line.
+    /// or {IS, S} — through per-thread slots instead of its one shared
+    /// state word, so threads on different cores taking IS on a shared
+    /// root, IX on a hot table or S on a hot row stop fighting over one
+    /// cache line; through a [`Prepared`](crate::Prepared) handle a slot
+    /// hold is taken and given back without any atomic read-modify-write.
     /// A conflicting request (S, SIX or X against {IS, IX}; IX, SIX or X
-    /// against {IS, S}) first revokes the bias, folding the slots into the
-    /// word, which costs it about one cache miss per slot; then it goes on
+    /// against {IS, S}) first revokes the bias: on Linux one
+    /// `membarrier(2)` call (a few microseconds), then a fold of the slots
+    /// into the word, about one cache miss per slot; then it goes on
     /// exactly as on an unbiased node (same matrix, same queue, same
     /// fairness). At most [`MAX_BIASED`](crate::MAX_BIASED) nodes of a tree
     /// are biased at once.

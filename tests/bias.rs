@@ -1153,6 +1153,22 @@ fn stress_worker<'t>(
 ) {
     let mut rng = StdRng::seed_from_u64(0xB1A5_0000 + tid as u64);
     let mut held: Vec<(u64, Comps, Guard<'t>)> = Vec::new();
+    // A prepared handle for every path `random_path` makes: their slot
+    // holds are taken and given back in owner windows, the plain walk's
+    // with CAS.
+    let mut prepared = std::collections::HashMap::new();
+    for first in ["", "a", "b"] {
+        for second in ["", "x", "y"] {
+            let path: Comps = [first, second]
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .collect();
+            if first.is_empty() && !second.is_empty() {
+                continue;
+            }
+            prepared.insert(path.clone(), tree.prepare(&path[..]).unwrap());
+        }
+    }
     let short = |rng: &mut StdRng| Duration::from_micros(rng.gen_range(0..500));
     for _ in 0..STRESS_OPS {
         let op = rng.gen_range(0..10);
@@ -1168,13 +1184,21 @@ fn stress_worker<'t>(
                 Mode::X,
                 Mode::SIX,
             ][rng.gen_range(0..7)];
-            let (how, r) = match rng.gen_range(0..4) {
+            let (how, r) = match rng.gen_range(0..6) {
                 0 if held.is_empty() => ("lock", tree.lock(&path[..], mode)),
                 1 if held.is_empty() => (
                     "lock_async",
                     futures::executor::block_on(tree.lock_async(&path[..], mode)),
                 ),
                 2 => ("try_lock", tree.try_lock(&path[..], mode)),
+                3 => ("prepared try_lock", prepared[&path].try_lock(mode)),
+                4 => {
+                    let d = short(&mut rng);
+                    (
+                        "prepared lock_timeout",
+                        prepared[&path].lock_timeout(mode, d),
+                    )
+                }
                 _ => {
                     let d = short(&mut rng);
                     ("lock_timeout", tree.lock_timeout(&path[..], mode, d))

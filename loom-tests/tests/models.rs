@@ -594,3 +594,69 @@ fn upgrade_of_slot_hold_racing_with_reader() {
         assert_eq!(tree.node_count(), 0);
     });
 }
+
+/// `/a` is biased toward {IS, S}; a reader takes S through a prepared
+/// handle, so in an owner window (plain stores to its own slot), while a
+/// writer's X revokes the bias: the fold closes the gate, passes the
+/// barrier (here a read-modify-write of one location), waits for the
+/// reader's window to close, and only then folds the slot. The two never
+/// overlap, and nothing is left held.
+///
+/// Catches: a fold that does not wait for open windows (mutant
+/// `fold-ignores-windows`: the reader's hold, stored after the fold read
+/// the slot, is lost and the writer is granted over it), a window that
+/// reads the gate before announcing itself.
+#[test]
+fn window_reader_racing_with_revoking_writer() {
+    model(|| {
+        let tree = Arc::new(biased_tree());
+        let res = Arc::new(Resource::new());
+        drop(tree.lock("/a", Mode::S).unwrap());
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let p = tree.prepare("/a").unwrap();
+                let g = p.lock(Mode::S).unwrap();
+                res.read();
+                drop(g);
+            })
+        };
+        let x = tree.lock("/a", Mode::X).unwrap();
+        res.write();
+        drop(x);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// A hold taken through the main thread's slot is given back by another
+/// thread (an owned guard sent there), counting the release on the side of
+/// the owner's slot, while the main thread's X revokes the bias and folds
+/// that slot. Whether the release lands before the fold (the fold subtracts
+/// it) or after (it pays a debt in the word), the writer waits for the
+/// reader and nothing is left held.
+///
+/// Catches: a fold that ignores releases counted on the side (mutant
+/// `fold-ignores-remote`: the writer waits forever for a hold already
+/// given back).
+#[test]
+fn slot_hold_released_elsewhere_racing_with_revoke() {
+    model(|| {
+        let tree = Arc::new(biased_tree());
+        let res = Arc::new(Resource::new());
+        drop(tree.lock("/a", Mode::S).unwrap());
+        let g = tree.lock_owned("/a", Mode::S).unwrap();
+        let t = {
+            let res = res.clone();
+            thread::spawn(move || {
+                res.read();
+                drop(g);
+            })
+        };
+        let x = tree.lock("/a", Mode::X).unwrap();
+        res.write();
+        drop(x);
+        t.join().unwrap();
+        assert_eq!(tree.node_count(), 0);
+    });
+}

@@ -178,15 +178,15 @@ impl Node {
         }
     }
 
-    /// Notes an uncontended grant of a class mode `m` in the word of a
-    /// node a prepared handle keeps; biases the node once there were
-    /// enough grants and contended CASes. A hold taken in an owner window
-    /// costs less than a CAS on the word even with one thread, where
-    /// little else happens between the CASes, as on a prepared handle's
-    /// levels (`bias.rs`, `docs/bench/benches.md`); so a prepared node
-    /// taken often in one class is worth biasing whether or not threads
-    /// fight over it. A plain load and store, not a read-modify-write: the
-    /// count only needs to be about right.
+    /// Notes an uncontended grant of a class mode `m` in the word to a
+    /// request that takes its slot holds in windows (a prepared handle's
+    /// `lock`); biases the node once there were enough such grants and
+    /// contended CASes. A hold taken in an owner window costs less than a
+    /// CAS on the word even with one thread where little else happens
+    /// between the CASes, as on a prepared handle's levels; a slot hold
+    /// taken with CAS does not, so other requests count only contention
+    /// (`bias.rs`, `docs/bench/benches.md`). A plain load and store, not a
+    /// read-modify-write: the count only needs to be about right.
     #[inline]
     fn heat(&self, m: Mode, table: &Table) {
         let threshold = self.threshold.load(Ordering::Relaxed);
@@ -400,12 +400,14 @@ impl Node {
         match from {
             None => match self.state.try_acquire_fast(to, slots.is_some()) {
                 Fast::Granted => {
-                    if let Some((table, _)) = slots {
-                        // Uncontended grants count toward a bias on nodes
-                        // a prepared handle keeps (see `heat`), and under
-                        // `Bias::Always` (threshold 0).
+                    if let Some((table, idx)) = slots {
+                        // Uncontended grants count toward a bias for
+                        // requests that would take their slot holds in
+                        // windows (a prepared handle's; see `heat`) on
+                        // nodes other than the root, which every path
+                        // takes, and under `Bias::Always` (threshold 0).
                         if to.is_biasable()
-                            && (self.pins.load(Ordering::Relaxed) != 0
+                            && ((*idx & WINDOWS != 0 && !self.is_root)
                                 || self.threshold.load(Ordering::Relaxed) == 0)
                         {
                             self.heat(to, table);

@@ -152,7 +152,9 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             &heap
         };
         let full = ParsedPath::from_normalized(text, depth, sep);
-        let mut held = Held::with_windows();
+        // With CAS, not windows: the child's lookup overlaps a CAS and
+        // pays for a window's chain of loads, as on the plain walk.
+        let mut held = Held::new();
         self.acquire_pinned(&mut held, mode, false, wait)?;
         tree.acquire_below(
             &mut held,

@@ -67,7 +67,10 @@ pub(crate) fn heavy() {
 // Under loom, whose `SeqCst` is not the C++ model's, both sides are a
 // read-modify-write of one location: such RMWs are totally ordered, and the
 // later one acquires what the earlier one released, so whichever side comes
-// second sees the other's store. Same guarantee, and loom checks it.
+// second sees the other's store. That is the guarantee the protocol relies
+// on, and loom checks the protocol against it; it is stronger than the real
+// barrier (every `light` also orders against every other), so a bug that
+// needs the real barrier's weaker ordering could go unseen here.
 #[cfg(loom)]
 loom::lazy_static! {
     static ref ORDER: crate::sync::AtomicU32 = crate::sync::AtomicU32::new(0);
@@ -128,9 +131,16 @@ fn register() -> bool {
 fn membarrier(cmd: libc::c_int) {
     // SAFETY: as in `register`: no pointers, no memory of ours changed.
     let r = unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0) };
-    // Registered above, so this cannot fail; should it anyway, a fence
-    // here would not help the other side, so fail loudly in tests.
-    debug_assert_eq!(r, 0, "membarrier failed after registering");
+    // Registered above, so this cannot fail. Should it anyway (a seccomp
+    // filter on this thread alone), the light sides' compiler fences would
+    // order nothing and a fold could miss a slot hold: stop rather than
+    // break mutual exclusion.
+    assert_eq!(
+        r,
+        0,
+        "membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) failed after the process registered for it: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 #[cfg(all(not(loom), not(all(target_os = "linux", not(miri)))))]

@@ -279,6 +279,16 @@ pub(crate) fn slot_of(b: &mut u8) -> Option<usize> {
     (slot_index(*b) == mine).then_some(mine)
 }
 
+/// An owner window's busy flag, cleared when dropped.
+struct Busy<'a>(&'a AtomicU32);
+
+impl Drop for Busy<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
 /// How a CAS on a slot went.
 #[derive(Debug, PartialEq, Eq)]
 enum Cas {
@@ -382,16 +392,18 @@ impl Slots {
     #[inline(always)]
     fn window(&self, slot: &Slot, f: impl FnOnce(u64) -> Option<(u64, bool)>) -> bool {
         slot.busy.store(1, Ordering::Relaxed);
+        // Clears the flag (Release) when the window ends, even by a panic
+        // (a failed debug assertion), which would otherwise leave every
+        // later fold of the node waiting.
+        let _busy = Busy(&slot.busy);
         barrier::light();
-        let mut verdict = false;
         if self.gate.0.load(Ordering::Acquire) == OPEN {
             if let Some((next, ok)) = f(slot.word.load(Ordering::Relaxed)) {
                 slot.word.store(next, Ordering::Relaxed);
-                verdict = ok;
+                return ok;
             }
         }
-        slot.busy.store(0, Ordering::Release);
-        verdict
+        false
     }
 
     /// Takes one hold of `m` through slot `idx`, which must be the calling
@@ -467,7 +479,7 @@ impl Slots {
         if idx >= OWNED {
             return Self::release_cas(slot, one, mask);
         }
-        if thread_slot() == Some(idx) {
+        if claimed_slot() == Some(idx) {
             if windows
                 && self.window(slot, |v| {
                     if v & ACTIVE == 0 {
@@ -563,18 +575,19 @@ impl Slots {
                     // (its owner uses the word).
                     break;
                 }
+                // Reopen `remote` before the slot takes holds: once it is
+                // active, a hold taken with CAS (the walk does not look at
+                // the gate) may be given back through `remote` at once. No
+                // debts, so nobody is still adding a void release there;
+                // the CAS (Release) publishes the zero.
+                s.remote.store(0, Ordering::Relaxed);
                 match s.word.compare_exchange_weak(
                     v,
                     class_bit | ACTIVE,
                     Ordering::Release,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => {
-                        // No debts: nobody is still releasing a hold of an
-                        // earlier bias into `remote`.
-                        s.remote.store(0, Ordering::Relaxed);
-                        break;
-                    }
+                    Ok(_) => break,
                     Err(now) => v = now,
                 }
             }
@@ -598,13 +611,15 @@ impl Slots {
             }
         }
         for s in &self.slots {
-            let mut v = s.word.load(Ordering::Acquire);
-            if v & ACTIVE == 0 {
+            if s.word.load(Ordering::Acquire) & ACTIVE == 0 {
                 continue;
             }
             // From here a remote release is void and pays a debt instead.
             let r = s.remote.fetch_or(CLOSED, Ordering::AcqRel);
             debug_assert!(r & CLOSED == 0, "an active slot's remote is open");
+            // Read after closing: every release counted in `r` is of a
+            // hold taken before it, so the word read now counts it too.
+            let mut v = s.word.load(Ordering::Acquire);
             loop {
                 debug_assert!(v & ACTIVE != 0, "only a fold deactivates a slot");
                 debug_assert!(v & OWED == 0, "an active slot owes nothing");
@@ -703,6 +718,21 @@ pub(crate) fn thread_slot() -> Option<usize> {
     (usize::from(i) < SLOTS).then_some(usize::from(i))
 }
 
+/// The slot the calling thread already has, without picking one: a thread
+/// that only gives back holds others took needs none.
+#[cfg(not(loom))]
+#[inline]
+fn claimed_slot() -> Option<usize> {
+    let i = MINE.with(Cell::get);
+    (usize::from(i) < SLOTS).then_some(usize::from(i))
+}
+
+/// Under loom: [`thread_slot`].
+#[cfg(loom)]
+fn claimed_slot() -> Option<usize> {
+    thread_slot()
+}
+
 /// Claims the lowest free owned slot for the calling thread, arranging
 /// for it to be given back at thread exit, or else picks a shared one.
 #[cfg(not(loom))]
@@ -736,8 +766,9 @@ fn claim() -> u8 {
     if usize::from(i) < OWNED {
         let kept = LEASE.try_with(|l| *l.borrow_mut() = Some(Lease(i)));
         if kept.is_err() {
-            // The thread is exiting: give it back at once.
+            // The thread is exiting: give it back at once, for good.
             TAKEN.fetch_and(!(1 << i), Ordering::Release);
+            let _ = MINE.try_with(|m| m.set(NONE_LEFT));
             return NONE_LEFT;
         }
     }

@@ -660,3 +660,42 @@ fn slot_hold_released_elsewhere_racing_with_revoke() {
         assert_eq!(tree.node_count(), 0);
     });
 }
+
+/// `/a` is biased by the main thread's first S (`Bias::Always`) while a
+/// second thread takes S through its own slot with CAS (the walk does not
+/// wait for the gate, so it may take a hold as soon as activation made its
+/// slot active) and hands the guard to a third thread, which gives it back
+/// through the slot's side counter. However that interleaves with the
+/// activation, the main thread's X afterwards is granted and nothing is
+/// left held.
+///
+/// Catches: activation reopening a slot's side counter after making the
+/// slot active (mutant `activate-reopens-remote-late`: the release is
+/// wiped, the fold turns the hold into a debt nobody pays, and the writer
+/// waits forever).
+#[test]
+fn activation_racing_with_a_slot_hold_released_elsewhere() {
+    model(|| {
+        let tree = Arc::new(biased_tree());
+        let handoff = Arc::new(loom::sync::Mutex::new(None));
+        let t1 = {
+            let (tree, handoff) = (tree.clone(), handoff.clone());
+            thread::spawn(move || {
+                if let Ok(g) = tree.try_lock_owned("/a", Mode::S) {
+                    *handoff.lock().unwrap() = Some(g);
+                }
+            })
+        };
+        let t2 = {
+            let handoff = handoff.clone();
+            thread::spawn(move || drop(handoff.lock().unwrap().take()))
+        };
+        let g = tree.lock("/a", Mode::S).unwrap();
+        t1.join().unwrap();
+        t2.join().unwrap();
+        drop(handoff.lock().unwrap().take());
+        drop(g);
+        drop(tree.lock("/a", Mode::X).unwrap());
+        assert_eq!(tree.node_count(), 0);
+    });
+}

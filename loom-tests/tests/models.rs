@@ -511,17 +511,33 @@ fn biased_tree() -> LockTree {
 /// a slot activated while the word is not biased.
 #[test]
 fn slot_reader_racing_with_revoking_writer() {
-    model(|| {
+    reader_against_revoking_writer(
+        |_| (),
+        |tree, res, ()| {
+            let g = tree.lock("/a", Mode::S).unwrap();
+            res.read();
+            drop(g);
+        },
+    );
+}
+
+/// The revoke models: `/a` is biased toward {IS, S} (a first S biases it);
+/// `setup` runs on the main thread, then `reader` on a second thread with
+/// what `setup` returned, while the main thread takes X on `/a` (revoking
+/// the bias) and writes. The reader and the writer never overlap, the
+/// writer is woken, and when both are done nothing is held.
+fn reader_against_revoking_writer<T: Send + 'static>(
+    setup: fn(&Arc<LockTree>) -> T,
+    reader: fn(Arc<LockTree>, Arc<Resource>, T),
+) {
+    model(move || {
         let tree = Arc::new(biased_tree());
         let res = Arc::new(Resource::new());
         drop(tree.lock("/a", Mode::S).unwrap());
+        let given = setup(&tree);
         let t = {
             let (tree, res) = (tree.clone(), res.clone());
-            thread::spawn(move || {
-                let g = tree.lock("/a", Mode::S).unwrap();
-                res.read();
-                drop(g);
-            })
+            thread::spawn(move || reader(tree, res, given))
         };
         let x = tree.lock("/a", Mode::X).unwrap();
         res.write();
@@ -608,25 +624,15 @@ fn upgrade_of_slot_hold_racing_with_reader() {
 /// reads the gate before announcing itself.
 #[test]
 fn window_reader_racing_with_revoking_writer() {
-    model(|| {
-        let tree = Arc::new(biased_tree());
-        let res = Arc::new(Resource::new());
-        drop(tree.lock("/a", Mode::S).unwrap());
-        let t = {
-            let (tree, res) = (tree.clone(), res.clone());
-            thread::spawn(move || {
-                let p = tree.prepare("/a").unwrap();
-                let g = p.lock(Mode::S).unwrap();
-                res.read();
-                drop(g);
-            })
-        };
-        let x = tree.lock("/a", Mode::X).unwrap();
-        res.write();
-        drop(x);
-        t.join().unwrap();
-        assert_eq!(tree.node_count(), 0);
-    });
+    reader_against_revoking_writer(
+        |_| (),
+        |tree, res, ()| {
+            let p = tree.prepare("/a").unwrap();
+            let g = p.lock(Mode::S).unwrap();
+            res.read();
+            drop(g);
+        },
+    );
 }
 
 /// A hold taken through the main thread's slot is given back by another
@@ -641,24 +647,13 @@ fn window_reader_racing_with_revoking_writer() {
 /// given back).
 #[test]
 fn slot_hold_released_elsewhere_racing_with_revoke() {
-    model(|| {
-        let tree = Arc::new(biased_tree());
-        let res = Arc::new(Resource::new());
-        drop(tree.lock("/a", Mode::S).unwrap());
-        let g = tree.lock_owned("/a", Mode::S).unwrap();
-        let t = {
-            let res = res.clone();
-            thread::spawn(move || {
-                res.read();
-                drop(g);
-            })
-        };
-        let x = tree.lock("/a", Mode::X).unwrap();
-        res.write();
-        drop(x);
-        t.join().unwrap();
-        assert_eq!(tree.node_count(), 0);
-    });
+    reader_against_revoking_writer(
+        |tree| tree.lock_owned("/a", Mode::S).unwrap(),
+        |_, res, g| {
+            res.read();
+            drop(g);
+        },
+    );
 }
 
 /// `/a` is biased by the main thread's first S (`Bias::Always`) while a

@@ -496,10 +496,7 @@ fn release_wakes_every_compatible_waiter() {
 /// A tree whose nodes are biased at their first compatible acquisition
 /// (`Bias::Always`), with the idle cache off.
 fn biased_tree() -> LockTree {
-    LockTree::builder()
-        .idle_nodes(0)
-        .bias(Bias::Always)
-        .build()
+    LockTree::builder().idle_nodes(0).bias(Bias::Always).build()
 }
 
 /// `/a` is biased toward {IS, S} (a first S biases it); a reader takes S

@@ -105,8 +105,9 @@ pub(crate) struct Node {
     /// Whether the tree's list of biased nodes holds one of `pins` (changed
     /// only under the queue lock).
     listed: AtomicU8,
-    /// Grants of class modes in the word (and contended CASes by them)
-    /// since the last bias or revoke.
+    /// Contended CASes by compatible modes, and uncontended grants to
+    /// requests that use windows (see `heat`), since the last bias or
+    /// revoke.
     contended: AtomicU32,
     /// How many such grants bias the node: 0 biases at once, `u32::MAX`
     /// never.

@@ -112,6 +112,15 @@ impl Held {
         self.levels.len()
     }
 
+    /// The nodes of levels `range` (0: the root).
+    pub(crate) fn nodes(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl ExactSizeIterator<Item = NodeRef> + '_ {
+        self.levels[range].iter().map(|l| l.node())
+    }
+
+    #[inline(always)]
     pub(crate) fn push(&mut self, node: NodeRef, mode: Mode, hold: Hold) {
         self.levels.push(Level::with_hold(node, mode, hold));
     }

@@ -243,6 +243,140 @@ impl Stamps {
     }
 }
 
+/// Ancestor levels (below the root) a chain entry keeps; deeper paths take
+/// the levels below through the name entries.
+pub(crate) const CHAIN_LEVELS: usize = 6;
+
+/// Chain entries in each thread's cache (direct-mapped; 128 bytes each,
+/// 16 KiB).
+const CHAINS: usize = 128;
+
+/// The nodes of an ancestor path's levels below the root, found together
+/// (module docs, "Chains").
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct ChainEntry {
+    table: u64,
+    /// The hash of the deepest level's name.
+    hash: u64,
+    /// Levels kept; 0: empty.
+    len: u8,
+    /// The stamp group of each level's name.
+    groups: [u8; CHAIN_LEVELS],
+    nodes: [*const Node; CHAIN_LEVELS],
+    stamps: [u64; CHAIN_LEVELS],
+}
+
+const EMPTY_CHAIN: ChainEntry = ChainEntry {
+    table: 0,
+    hash: 0,
+    len: 0,
+    groups: [0; CHAIN_LEVELS],
+    nodes: [ptr::null(); CHAIN_LEVELS],
+    stamps: [0; CHAIN_LEVELS],
+};
+
+thread_local! {
+    static CHAIN_CACHE: [Cell<ChainEntry>; CHAINS] =
+        const { [const { Cell::new(EMPTY_CHAIN) }; CHAINS] };
+}
+
+#[inline]
+fn chain_entry(h: u64) -> usize {
+    (h >> 40) as usize % CHAINS
+}
+
+/// The nodes of a path's first levels below the root, top-down, as
+/// [`Stamps::find_chain`] found them.
+#[derive(Clone, Copy)]
+pub(crate) struct Chain {
+    nodes: [*const Node; CHAIN_LEVELS],
+}
+
+impl Chain {
+    /// The node of level `level` (1: the root's child), at most the
+    /// length the chain was found with.
+    #[inline]
+    pub(crate) fn node(&self, level: usize) -> NodeRef {
+        let p = self.nodes[level - 1];
+        debug_assert!(!p.is_null());
+        // SAFETY: a chain only holds the non-null node pointers of a
+        // validated entry.
+        NodeRef::from_non_null(unsafe { ptr::NonNull::new_unchecked(p.cast_mut()) })
+    }
+}
+
+impl Stamps {
+    /// This thread's cached chain for the ancestor named `name` (of hash
+    /// `h`) at depth `len` (`1..=CHAIN_LEVELS`): the nodes of its levels,
+    /// top-down, if every one of them is still in the index.
+    ///
+    /// The caller must be pinned (since before this call, for as long as
+    /// it uses the result).
+    #[inline]
+    pub(crate) fn find_chain(&self, name: &str, h: u64, len: usize) -> Option<Chain> {
+        debug_assert!((1..=CHAIN_LEVELS).contains(&len));
+        let e = CHAIN_CACHE.with(|c| c[chain_entry(h)].get());
+        if e.table != self.0.id || e.hash != h || usize::from(e.len) != len {
+            return None;
+        }
+        for i in 0..len {
+            let g = usize::from(e.groups[i]) % GROUPS;
+            if self.0.groups[g].0.load(Ordering::Acquire) != e.stamps[i] {
+                return None;
+            }
+        }
+        // SAFETY: every level's stamp is unchanged since the chain was
+        // cached, when its node was held and so in the index, and the
+        // caller is pinned: none of the nodes has been freed or will be
+        // while the caller stays pinned (module docs, "Chains"). Names
+        // never change.
+        let deepest = unsafe { &*e.nodes[len - 1] };
+        if !same(deepest.path.as_str().as_bytes(), name.as_bytes()) {
+            return None;
+        }
+        Some(Chain { nodes: e.nodes })
+    }
+
+    /// Caches the chain `nodes` (top-down, `1..=CHAIN_LEVELS` of them, each
+    /// named by a prefix of the next one's name) for the deepest one's
+    /// name, of hash `h`.
+    ///
+    /// The caller must hold every node (so each is in the index now).
+    pub(crate) fn remember_chain(&self, h: u64, nodes: impl ExactSizeIterator<Item = NodeRef>) {
+        let len = nodes.len();
+        debug_assert!((1..=CHAIN_LEVELS).contains(&len));
+        let mut e = ChainEntry {
+            table: self.0.id,
+            hash: h,
+            len: len as u8,
+            ..EMPTY_CHAIN
+        };
+        for (i, node) in nodes.enumerate().take(CHAIN_LEVELS) {
+            // SAFETY: held by the caller.
+            let name = unsafe { node.get() }.path.as_str();
+            let g = group(hash(name));
+            e.groups[i] = g as u8;
+            e.stamps[i] = self.0.groups[g].0.load(Ordering::Acquire);
+            e.nodes[i] = node.as_non_null().as_ptr();
+        }
+        CHAIN_CACHE.with(|c| c[chain_entry(h)].set(e));
+    }
+
+    /// Drops this thread's chain entry for the name of hash `h`, if any:
+    /// one of its nodes is dead.
+    #[inline]
+    pub(crate) fn forget_chain(&self, h: u64) {
+        CHAIN_CACHE.with(|c| {
+            let slot = &c[chain_entry(h)];
+            let e = slot.get();
+            if e.table == self.0.id && e.hash == h {
+                slot.set(EMPTY_CHAIN);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,6 +493,63 @@ mod tests {
             let digits: HashSet<usize> = names[..10].iter().map(|n| entry(hash(n))).collect();
             assert!(digits.len() >= 8, "{prefix}0..9 share entries: {digits:?}");
         }
+    }
+
+    /// Three nodes of one path, top-down.
+    fn path_nodes() -> Vec<Node> {
+        ["db", "db/t", "db/t/rows"].map(|n| *node(n)).into()
+    }
+
+    fn remember_path(s: &Stamps, nodes: &[Node]) {
+        let deepest = nodes.last().unwrap().path.as_str();
+        s.remember_chain(hash(deepest), nodes.iter().map(node_ref));
+    }
+
+    fn found(s: &Stamps, name: &str, len: usize) -> Option<Vec<NodeRef>> {
+        s.find_chain(name, hash(name), len)
+            .map(|c| (1..=len).map(|l| c.node(l)).collect())
+    }
+
+    #[test]
+    fn a_remembered_chain_is_found_by_its_deepest_name_and_length() {
+        let s = Stamps::new();
+        let nodes = path_nodes();
+        remember_path(&s, &nodes);
+        let refs: Vec<NodeRef> = nodes.iter().map(node_ref).collect();
+        assert_eq!(found(&s, "db/t/rows", 3), Some(refs));
+        assert_eq!(found(&s, "db/t/rows", 2), None);
+        assert_eq!(found(&s, "db/t/rowz", 3), None);
+        assert!(Stamps::new()
+            .find_chain("db/t/rows", hash("db/t/rows"), 3)
+            .is_none());
+        std::thread::scope(|sc| {
+            sc.spawn(|| assert_eq!(found(&s, "db/t/rows", 3), None));
+        });
+    }
+
+    #[test]
+    fn invalidating_any_levels_group_drops_the_chain() {
+        for level in 0..3 {
+            let s = Stamps::new();
+            let nodes = path_nodes();
+            remember_path(&s, &nodes);
+            s.invalidate(hash(nodes[level].path.as_str()));
+            assert_eq!(found(&s, "db/t/rows", 3), None, "level {level}");
+            // Remembered again after the bump: found again.
+            remember_path(&s, &nodes);
+            assert!(found(&s, "db/t/rows", 3).is_some());
+        }
+    }
+
+    #[test]
+    fn forget_chain_drops_it() {
+        let s = Stamps::new();
+        let nodes = path_nodes();
+        remember_path(&s, &nodes);
+        s.forget_chain(hash("db/t/other"));
+        assert!(found(&s, "db/t/rows", 3).is_some());
+        s.forget_chain(hash("db/t/rows"));
+        assert_eq!(found(&s, "db/t/rows", 3), None);
     }
 
     proptest::proptest! {

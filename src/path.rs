@@ -193,6 +193,19 @@ impl<'a> ParsedPath<'a> {
         &self.text[..end]
     }
 
+    /// [`prefix`](Self::prefix) of `level`, cheaper for the parent
+    /// (`depth - 1`) with an ASCII separator: one backward scan.
+    #[inline]
+    pub(crate) fn ancestor(&self, level: usize) -> &str {
+        if level + 1 == self.depth && self.sep.is_ascii() {
+            let sep = self.sep as u8;
+            if let Some(end) = self.text.as_bytes().iter().rposition(|&b| b == sep) {
+                return &self.text[..end];
+            }
+        }
+        self.prefix(level)
+    }
+
     /// The components, root first.
     pub(crate) fn components(&self) -> impl Iterator<Item = &str> + '_ {
         let text: &str = &self.text;
@@ -338,21 +351,78 @@ fn ascii_parse(input: &str, sep: char, max_depth: usize) -> Option<(&str, usize)
     if end <= start {
         return None; // "//"
     }
-    let mut depth = 1;
-    let mut empty = true; // the current component has no byte yet
-    for &b in &bytes[start..end] {
-        if b == sep {
-            if empty {
-                return None;
-            }
-            depth += 1;
-            empty = true;
-        } else {
-            empty = false;
-        }
+    let region = &bytes[start..end];
+    // A separator first or last in `region` ends an empty component.
+    if region[0] == sep || region[region.len() - 1] == sep {
+        return None;
     }
+    let (seps, doubled) = if bytes.len() >= 8 {
+        count_seps_wide(bytes, start, end, sep)
+    } else {
+        count_seps_narrow(region, sep)
+    };
+    let depth = seps + 1;
     // Slicing at ASCII bytes keeps the text valid UTF-8.
-    (!empty && depth <= max_depth).then(|| (&input[start..end], depth))
+    (!doubled && depth <= max_depth).then(|| (&input[start..end], depth))
+}
+
+/// The separators in `region`, and whether two of them are adjacent; one
+/// byte at a time (for inputs shorter than a word).
+#[inline]
+fn count_seps_narrow(region: &[u8], sep: u8) -> (usize, bool) {
+    let (mut seps, mut doubled, mut prev) = (0, false, false);
+    for &b in region {
+        let is = b == sep;
+        seps += usize::from(is);
+        doubled |= is && prev;
+        prev = is;
+    }
+    (seps, doubled)
+}
+
+/// `count_seps_narrow` of `bytes[start..end]` eight bytes at a time
+/// (`bytes` is at least eight long): each byte equal to `sep` becomes its
+/// word's high bit, exactly (no carries between bytes), so the count is a
+/// popcount and adjacent pairs an AND with the mask shifted by a byte.
+#[inline(always)]
+fn count_seps_wide(bytes: &[u8], start: usize, end: usize, sep: u8) -> (usize, bool) {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let splat = u64::from(sep) * 0x0101_0101_0101_0101;
+    #[inline(always)]
+    fn sep_bytes(bytes: &[u8], at: usize, splat: u64) -> u64 {
+        let mut word = [0; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        let x = u64::from_le_bytes(word) ^ splat;
+        !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+    }
+    let mask = |at: usize| sep_bytes(bytes, at, splat);
+    let (mut seps, mut doubled, mut prev) = (0usize, false, false);
+    let mut at = start;
+    while at + 8 <= end {
+        let m = mask(at);
+        seps += ones(m);
+        doubled |= m & (m >> 8) != 0 || (prev && m & 0x80 != 0);
+        prev = m >> 63 != 0;
+        at += 8;
+    }
+    if at < end {
+        // The word ending at `end` (or the first word), keeping the bytes
+        // of `at..end` only.
+        let w = end.max(8) - 8;
+        let (lo, hi) = (at - w, end - w);
+        let keep = (u64::MAX << (8 * lo)) & (u64::MAX >> (8 * (8 - hi)));
+        let m = mask(w) & keep;
+        seps += ones(m);
+        doubled |= m & (m >> 8) != 0 || (prev && (m >> (8 * lo)) & 0x80 != 0);
+    }
+    (seps, doubled)
+}
+
+/// The number of bytes of `m` that are 0x80 (the others are 0): summed
+/// by a multiply, as baseline x86-64 has no `popcnt` instruction.
+#[inline]
+fn ones(m: u64) -> usize {
+    ((m >> 7).wrapping_mul(0x0101_0101_0101_0101) >> 56) as usize
 }
 
 /// Validates a list of components and joins them into the normalized form.
@@ -493,6 +563,30 @@ impl IntoPath<'static> for &Vec<String> {
 mod tests {
     use super::*;
 
+    /// What `ascii_parse` must return, by splitting.
+    fn reference(input: &str, sep: char, max_depth: usize) -> Option<(&str, usize)> {
+        let text = input.strip_prefix(sep).unwrap_or(input);
+        if text.is_empty() {
+            return Some(("", 0));
+        }
+        let text = text.strip_suffix(sep).unwrap_or(text);
+        let depth = text.split(sep).count();
+        (!text.split(sep).any(str::is_empty) && depth <= max_depth).then_some((text, depth))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ascii_parse_agrees_with_splitting(input in "[ab/:]{0,40}", max_depth in 1usize..12) {
+            for sep in ['/', ':'] {
+                proptest::prop_assert_eq!(
+                    ascii_parse(&input, sep, max_depth),
+                    reference(&input, sep, max_depth),
+                    "{:?} sep {:?}", input, sep
+                );
+            }
+        }
+    }
+
     fn norm(s: &str) -> Result<(String, usize), Error> {
         parse_str(s, '/', DEFAULT_MAX_DEPTH).map(|p| (p.text.into_owned(), p.depth))
     }
@@ -578,6 +672,11 @@ mod tests {
         assert_eq!(p.prefix(1), "db");
         assert_eq!(p.prefix(2), "db/users");
         assert_eq!(p.prefix(3), "db/users/42");
+        for level in 0..=3 {
+            assert_eq!(p.ancestor(level), p.prefix(level));
+        }
+        let p = parse_str("a:b", ':', 8).unwrap();
+        assert_eq!(p.ancestor(1), "a");
         assert_eq!(parse_str("/", '/', 8).unwrap().prefixes().count(), 0);
     }
 

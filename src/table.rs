@@ -156,6 +156,7 @@ impl NodeRef {
 mod imp {
     use super::*;
     use crate::lookup::{self, Stamps};
+    pub(crate) use crate::lookup::{Chain, CHAIN_LEVELS};
 
     /// Proof that the current thread is pinned in the epoch.
     pub(crate) struct Pin(crossbeam_epoch::Guard);
@@ -243,7 +244,7 @@ mod imp {
 
         /// The node named `name` (normalized, non-root), created if missing.
         /// It may be dead; the caller's CAS finds out.
-        #[inline]
+        #[inline(always)]
         pub(crate) fn get_or_insert(&self, pin: &Pin, name: &str, sep: char) -> NodeRef {
             let h = lookup::hash(name);
             // The caller is pinned.
@@ -256,6 +257,33 @@ mod imp {
                 .get_or_insert(pin, name, || Node::boxed(name, sep, self.bias));
             self.stamps.remember(ticket, h, node);
             node
+        }
+
+        /// This thread's cached nodes of the first `len` levels of the
+        /// path whose level `len` is named `name` (`1..=CHAIN_LEVELS`),
+        /// if they are all still in the table (some may be dead; the
+        /// caller's CASes find out).
+        #[inline]
+        pub(crate) fn find_chain(&self, _pin: &Pin, name: &str, len: usize) -> Option<Chain> {
+            // The caller is pinned.
+            self.stamps.find_chain(name, lookup::hash(name), len)
+        }
+
+        /// Caches `nodes`, levels 1 to `nodes.len()` of a path whose level
+        /// `nodes.len()` is named `name`, for [`find_chain`](Self::find_chain).
+        /// The caller holds every one of them.
+        pub(crate) fn remember_chain(
+            &self,
+            name: &str,
+            nodes: impl ExactSizeIterator<Item = NodeRef>,
+        ) {
+            self.stamps.remember_chain(lookup::hash(name), nodes);
+        }
+
+        /// Drops this thread's cached chain for `name`: one of its nodes is
+        /// dead.
+        pub(crate) fn forget_chain(&self, name: &str) {
+            self.stamps.forget_chain(lookup::hash(name));
         }
 
         /// Takes `node` out of the index if it is still there, and if so
@@ -370,7 +398,32 @@ mod imp {
         pub(crate) fn len(&self) -> usize {
             self.map.lock().len()
         }
+
+        /// No per-thread cache under loom (it relies on the epoch).
+        pub(crate) fn find_chain(&self, _pin: &Pin, _name: &str, _len: usize) -> Option<Chain> {
+            None
+        }
+
+        pub(crate) fn remember_chain(
+            &self,
+            _name: &str,
+            _nodes: impl ExactSizeIterator<Item = NodeRef>,
+        ) {
+        }
+
+        pub(crate) fn forget_chain(&self, _name: &str) {}
     }
+
+    /// Never made under loom.
+    pub(crate) enum Chain {}
+
+    impl Chain {
+        pub(crate) fn node(&self, _level: usize) -> NodeRef {
+            match *self {}
+        }
+    }
+
+    pub(crate) const CHAIN_LEVELS: usize = 6;
 
     impl Drop for Table {
         fn drop(&mut self) {
@@ -383,7 +436,7 @@ mod imp {
     }
 }
 
-pub(crate) use imp::{Pin, Table};
+pub(crate) use imp::{Pin, Table, CHAIN_LEVELS};
 
 impl Table {
     /// Retires `node` if it is idle: into the idle cache (evicting the

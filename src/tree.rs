@@ -24,7 +24,7 @@ use crate::node::{Acquire, Node};
 use crate::park::Waiter;
 use crate::path::{IntoPath, ParsedPath, Path, Prefixes, DEFAULT_MAX_DEPTH, DEFAULT_SEPARATOR};
 use crate::sync::Arc;
-use crate::table::{NodeRef, Pin, Table};
+use crate::table::{NodeRef, Pin, Table, CHAIN_LEVELS};
 use crate::{Error, Mode};
 
 /// How long a request may wait.
@@ -396,6 +396,14 @@ impl LockTree {
     }
 
     /// The synchronous walk: every level of `path`, top-down.
+    ///
+    /// The levels above the node (at most `CHAIN_LEVELS` of them below
+    /// the root) come from this thread's chain cache when it has them
+    /// (`lookup.rs`): one lookup for all of them instead of one per
+    /// level, and then nothing between their acquisitions but the
+    /// acquisitions, which such requests take in owner windows when the
+    /// nodes are biased (as a prepared handle's). Otherwise the walk looks
+    /// up each level and the chain is cached for next time.
     #[inline]
     pub(crate) fn acquire(
         &self,
@@ -403,9 +411,74 @@ impl LockTree {
         mode: Mode,
         wait: Wait,
     ) -> Result<Held, Error> {
+        let mut pin = self.table.pin();
         let mut held = Held::new();
-        self.acquire_below(&mut held, path, path.prefixes(), mode, wait)?;
-        Ok(held)
+        if path.depth == 0 {
+            self.walk(&mut pin, &mut held, path, path.prefixes(), mode, wait)?;
+            return Ok(held);
+        }
+        let above = (path.depth - 1).min(CHAIN_LEVELS);
+        let name = if above == 0 { "" } else { path.ancestor(above) };
+        let chain = if above == 0 {
+            None
+        } else if let Some(chain) = self.table.find_chain(&pin, name, above) {
+            Some(chain)
+        } else {
+            self.walk(&mut pin, &mut held, path, path.prefixes(), mode, wait)?;
+            self.table.remember_chain(name, held.nodes(1..above + 1));
+            return Ok(held);
+        };
+        let m = mode.intention();
+        for level in 0..=above {
+            let node = match &chain {
+                Some(chain) if level > 0 => chain.node(level),
+                _ => self.root(),
+            };
+            match self.step(&mut pin, node, None, m, wait, Some(&mut held.slot)) {
+                Ok(Some(hold)) => held.push(node, m, hold),
+                Ok(None) => {
+                    // Dead: the walk below looks this level up again.
+                    self.table.forget_chain(name);
+                    // SAFETY: pinned since the chain was found.
+                    self.table.evict(&pin, unsafe { node.get() });
+                    let mut names = path.prefixes();
+                    for _ in 1..level {
+                        names.next();
+                    }
+                    self.walk(&mut pin, &mut held, path, names, mode, wait)?;
+                    return Ok(held);
+                }
+                Err(e) => {
+                    drop(pin);
+                    held.release(self);
+                    return Err(e);
+                }
+            }
+        }
+        if above + 1 < path.depth {
+            let names = path.prefixes_after(name.len());
+            self.walk(&mut pin, &mut held, path, names, mode, wait)?;
+            return Ok(held);
+        }
+        // The node itself: its name is the whole path.
+        loop {
+            let node = self.node(&pin, Some(&path.text));
+            match self.step(&mut pin, node, None, mode, wait, Some(&mut held.slot)) {
+                Ok(Some(hold)) => {
+                    held.push(node, mode, hold);
+                    return Ok(held);
+                }
+                Ok(None) => {
+                    // SAFETY: pinned since `node` was looked up.
+                    self.table.evict(&pin, unsafe { node.get() });
+                }
+                Err(e) => {
+                    drop(pin);
+                    held.release(self);
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// The walk from the first level `held` does not have yet (`held` has
@@ -417,11 +490,24 @@ impl LockTree {
         &self,
         held: &mut Held,
         path: &ParsedPath<'_>,
+        names: Prefixes<'_>,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<(), Error> {
+        self.walk(&mut self.table.pin(), held, path, names, mode, wait)
+    }
+
+    /// [`acquire_below`](Self::acquire_below), pinned by the caller.
+    #[inline]
+    fn walk(
+        &self,
+        pin: &mut Pin,
+        held: &mut Held,
+        path: &ParsedPath<'_>,
         mut names: Prefixes<'_>,
         mode: Mode,
         wait: Wait,
     ) -> Result<(), Error> {
-        let mut pin = self.table.pin();
         let start = held.len();
         for level in start..=path.depth {
             let name = if level == 0 { None } else { names.next() };
@@ -431,18 +517,17 @@ impl LockTree {
                 mode.intention()
             };
             loop {
-                let node = self.node(&pin, name);
-                match self.step(&mut pin, node, None, m, wait, Some(&mut held.slot)) {
+                let node = self.node(pin, name);
+                match self.step(pin, node, None, m, wait, Some(&mut held.slot)) {
                     Ok(Some(hold)) => {
                         held.push(node, m, hold);
                         break;
                     }
                     Ok(None) => {
                         // SAFETY: pinned since `node` was looked up.
-                        self.table.evict(&pin, unsafe { node.get() });
+                        self.table.evict(pin, unsafe { node.get() });
                     }
                     Err(e) => {
-                        drop(pin);
                         held.release(self);
                         return Err(e);
                     }
@@ -456,7 +541,7 @@ impl LockTree {
     /// request given its guard's `slot` may be held through a bias slot.
     /// `Ok(Some(hold))`: granted (a conversion's always in the word);
     /// `Ok(None)`: the node is dead, look it up again.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn step(
         &self,
         pin: &mut Pin,
@@ -518,6 +603,32 @@ mod tests {
         assert_send_sync::<OwnedGuard>();
         assert_send_sync::<LockFuture<'static>>();
         assert_send_sync::<OwnedLockFuture>();
+    }
+
+    /// A node of a thread's cached chain killed (as the idle cache's
+    /// eviction does) but not yet out of the index: the next lock of the
+    /// path finds it dead and looks that level up again.
+    #[cfg(not(loom))]
+    #[test]
+    fn a_dead_node_in_a_cached_chain_is_looked_up_again() {
+        let tree = LockTree::new();
+        drop(tree.lock("/a/b/c", Mode::X).unwrap());
+        let pin = tree.table.pin();
+        let old = tree.table.get(&pin, "a/b").unwrap();
+        // SAFETY: pinned. Killed here rather than by the idle cache's
+        // eviction, so the cache keeps a stale slot: nothing below pops it.
+        assert!(unsafe { old.get() }.state.uncache());
+        let g = tree.lock("/a/b/c", Mode::X).unwrap();
+        let new = tree.table.get(&pin, "a/b").unwrap();
+        assert_ne!(new, old);
+        // SAFETY: pinned (and held).
+        assert_eq!(unsafe { new.get() }.state.load().count(Mode::IX), 1);
+        assert_eq!(
+            tree.try_lock("/a/b", Mode::S).unwrap_err(),
+            Error::WouldBlock
+        );
+        drop(g);
+        assert!(tree.try_lock("/a/b", Mode::X).is_ok());
     }
 
     #[test]

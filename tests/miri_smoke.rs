@@ -90,24 +90,34 @@ fn churn(tree: LockTree) {
 /// the stale pointer (under Miri, a use after free if it did).
 #[test]
 fn lookups_after_another_thread_freed_the_node() {
+    lookups_after_another_thread_freed("/t/a");
+}
+
+/// As above, for the cached chain of a path's ancestors (`/t`, `/t/a`).
+#[test]
+fn chain_lookups_after_another_thread_freed_the_nodes() {
+    lookups_after_another_thread_freed("/t/a/b");
+}
+
+fn lookups_after_another_thread_freed(path: &'static str) {
     let tree = Arc::new(LockTree::builder().idle_nodes(0).build());
-    let held = tree.lock("/t/a", Mode::S).unwrap();
+    let held = tree.lock(path, Mode::S).unwrap();
     let barrier = Arc::new(std::sync::Barrier::new(2));
     let other = {
         let (tree, barrier) = (tree.clone(), barrier.clone());
         thread::spawn(move || {
-            // Finds (and caches) the nodes of /t and /t/a.
-            drop(tree.lock("/t/a", Mode::S).unwrap());
+            // Finds (and caches) the nodes of the path.
+            drop(tree.lock(path, Mode::S).unwrap());
             barrier.wait();
             barrier.wait();
             // The cached nodes are gone; this must find new ones.
-            let g = tree.lock("/t/a", Mode::X).unwrap();
+            let g = tree.lock(path, Mode::X).unwrap();
             assert_eq!(tree.try_lock("/t", Mode::S).unwrap_err(), Error::WouldBlock);
             drop(g);
         })
     };
     barrier.wait();
-    drop(held); // the last holder: /t and /t/a are killed and evicted
+    drop(held); // the last holder: the path's nodes are killed and evicted
     assert_eq!(tree.node_count(), 0);
     // Enough pins and frees for the epoch to run the deferred frees.
     for i in 0..200 {

@@ -156,13 +156,14 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         // pays for a window's chain of loads, as on the plain walk.
         let mut held = Held::new();
         self.acquire_pinned(&mut held, mode, false, wait)?;
-        tree.acquire_below(
-            &mut held,
-            &full,
-            full.prefixes_after(base.len()),
-            mode,
-            wait,
-        )?;
+        let mut pin = tree.table().pin();
+        if rel.depth == 1 {
+            // A child: looked up by its whole name, no prefix to scan.
+            tree.take_last(&mut pin, &mut held, text, mode, wait)?;
+        } else {
+            let names = full.prefixes_after(base.len());
+            tree.walk(&mut pin, &mut held, &full, names, mode, wait)?;
+        }
         Ok(held)
     }
 

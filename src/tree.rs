@@ -461,19 +461,34 @@ impl LockTree {
             return Ok(held);
         }
         // The node itself: its name is the whole path.
+        self.take_last(&mut pin, &mut held, &path.text, mode, wait)?;
+        Ok(held)
+    }
+
+    /// The last level of a walk whose levels above it `held` has: the node
+    /// named `name` (the whole normalized path), looked up directly. On
+    /// error everything in `held` is released.
+    #[inline(always)]
+    pub(crate) fn take_last(
+        &self,
+        pin: &mut Pin,
+        held: &mut Held,
+        name: &str,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<(), Error> {
         loop {
-            let node = self.node(&pin, Some(&path.text));
-            match self.step(&mut pin, node, None, mode, wait, Some(&mut held.slot)) {
+            let node = self.node(pin, Some(name));
+            match self.step(pin, node, None, mode, wait, Some(&mut held.slot)) {
                 Ok(Some(hold)) => {
                     held.push(node, mode, hold);
-                    return Ok(held);
+                    return Ok(());
                 }
                 Ok(None) => {
                     // SAFETY: pinned since `node` was looked up.
-                    self.table.evict(&pin, unsafe { node.get() });
+                    self.table.evict(pin, unsafe { node.get() });
                 }
                 Err(e) => {
-                    drop(pin);
                     held.release(self);
                     return Err(e);
                 }
@@ -484,22 +499,10 @@ impl LockTree {
     /// The walk from the first level `held` does not have yet (`held` has
     /// the levels above it, root first, in `mode`'s intention) down to
     /// `path`'s node; `names` yields the names of the levels below those
-    /// (see `ParsedPath::prefixes_after`). On error everything in `held` is
-    /// released.
-    pub(crate) fn acquire_below(
-        &self,
-        held: &mut Held,
-        path: &ParsedPath<'_>,
-        names: Prefixes<'_>,
-        mode: Mode,
-        wait: Wait,
-    ) -> Result<(), Error> {
-        self.walk(&mut self.table.pin(), held, path, names, mode, wait)
-    }
-
-    /// [`acquire_below`](Self::acquire_below), pinned by the caller.
+    /// (see `ParsedPath::prefixes_after`). The caller is pinned. On error
+    /// everything in `held` is released.
     #[inline]
-    fn walk(
+    pub(crate) fn walk(
         &self,
         pin: &mut Pin,
         held: &mut Held,

@@ -50,6 +50,34 @@
 //! dropped table (whose nodes are freed without the epoch) never matches.
 //! A collision in the cache just replaces the older entry.
 //!
+//! # Chains
+//!
+//! A second, smaller table caches *chains*: the nodes of a path's first
+//! levels below the root (up to [`CHAIN_LEVELS`]), keyed by the name of
+//! the deepest one. `LockTree::lock` looks up the chain of a path's parent
+//! with one hash and one probe, and then only the node itself by name, so
+//! a lock at depth 4 makes two lookups instead of four (and never scans
+//! the path for its prefixes).
+//!
+//! - **Remember.** A chain is cached by a thread that *holds* every one
+//!   of its nodes, right after it took them; it stores, per level, the
+//!   node and its group's stamp read then. A held node is not dead, so it
+//!   is in the index and its removal can only come after this thread's
+//!   release: the bump it makes is after the stamp read. That is the
+//!   per-name rule 2 with the hold standing in for the ticket read before
+//!   the lookup.
+//! - **Hit.** A pinned thread follows the chain's pointers only if every
+//!   level's stamp still equals the stored one (rule 3, per level), and
+//!   then compares the deepest node's name with the name asked for (a
+//!   stored chain always holds the prefixes of its deepest name, and names
+//!   never change, so that one compare covers every level).
+//! - **Only under that pin.** The check covers the pin it was made under.
+//!   A request that parks on one of the chain's levels is unpinned while
+//!   it waits (the node it waits on is kept by its queue, the ones below
+//!   it by nothing), so after a park it looks the levels below up again by
+//!   name (`LockTree::acquire`, `Pin::breaks`). A node found dead drops the
+//!   chain (`forget_chain`) and the walk looks it up again.
+//!
 //! Not built under loom (loom cannot model the epoch collector it relies
 //! on); the table's mutex-protected map alone serves lookups there.
 
@@ -248,8 +276,9 @@ impl Stamps {
 pub(crate) const CHAIN_LEVELS: usize = 6;
 
 /// Chain entries in each thread's cache (direct-mapped; 128 bytes each,
-/// 16 KiB).
-const CHAINS: usize = 128;
+/// 8 KiB): the tables and directories a thread locks under again and
+/// again.
+const CHAINS: usize = 64;
 
 /// The nodes of an ancestor path's levels below the root, found together
 /// (module docs, "Chains").
@@ -281,9 +310,11 @@ thread_local! {
         const { [const { Cell::new(EMPTY_CHAIN) }; CHAINS] };
 }
 
+/// Bits of the hash that neither `group` nor `entry` uses, so a chain's
+/// entry does not follow its deepest level's group or name entry.
 #[inline]
 fn chain_entry(h: u64) -> usize {
-    (h >> 40) as usize % CHAINS
+    (h >> 32) as usize % CHAINS
 }
 
 /// The nodes of a path's first levels below the root, top-down, as
@@ -315,8 +346,8 @@ impl Stamps {
     /// it uses the result).
     #[inline]
     pub(crate) fn find_chain(&self, name: &str, h: u64, len: usize) -> Option<Chain> {
-        debug_assert!((1..=CHAIN_LEVELS).contains(&len));
         let e = CHAIN_CACHE.with(|c| c[chain_entry(h)].get());
+        // An entry's length is never 0 or above `CHAIN_LEVELS`.
         if e.table != self.0.id || e.hash != h || usize::from(e.len) != len {
             return None;
         }
@@ -330,7 +361,7 @@ impl Stamps {
         // cached, when its node was held and so in the index, and the
         // caller is pinned: none of the nodes has been freed or will be
         // while the caller stays pinned (module docs, "Chains"). Names
-        // never change.
+        // never change. `len` is that of a stored entry, 1..=CHAIN_LEVELS.
         let deepest = unsafe { &*e.nodes[len - 1] };
         if !same(deepest.path.as_str().as_bytes(), name.as_bytes()) {
             return None;
@@ -345,7 +376,9 @@ impl Stamps {
     /// The caller must hold every node (so each is in the index now).
     pub(crate) fn remember_chain(&self, h: u64, nodes: impl ExactSizeIterator<Item = NodeRef>) {
         let len = nodes.len();
-        debug_assert!((1..=CHAIN_LEVELS).contains(&len));
+        if !(1..=CHAIN_LEVELS).contains(&len) {
+            return;
+        }
         let mut e = ChainEntry {
             table: self.0.id,
             hash: h,

@@ -159,19 +159,36 @@ mod imp {
     pub(crate) use crate::lookup::{Chain, CHAIN_LEVELS};
 
     /// Proof that the current thread is pinned in the epoch.
-    pub(crate) struct Pin(crossbeam_epoch::Guard);
+    pub(crate) struct Pin {
+        guard: crossbeam_epoch::Guard,
+        /// Times [`unpinned`](Self::unpinned) ran: node pointers found
+        /// before a change of this count may have been freed since.
+        breaks: u32,
+    }
 
     impl Pin {
         /// Pins the current thread (re-entrant: cheap if already pinned).
         #[inline]
         pub(crate) fn new() -> Self {
-            Pin(crossbeam_epoch::pin())
+            Pin {
+                guard: crossbeam_epoch::pin(),
+                breaks: 0,
+            }
         }
 
         /// Runs `f` unpinned (to park without holding back reclamation);
         /// only `NodeRef`s of nodes the caller holds or waits on stay valid.
         pub(crate) fn unpinned<R>(&mut self, f: impl FnOnce() -> R) -> R {
-            self.0.repin_after(f)
+            self.breaks = self.breaks.wrapping_add(1);
+            self.guard.repin_after(f)
+        }
+
+        /// Changes whenever the pin is broken (see `unpinned`): a pointer
+        /// found under one value must not be followed under another
+        /// unless something else keeps its node.
+        #[inline]
+        pub(crate) fn breaks(&self) -> u32 {
+            self.breaks
         }
 
         /// Drops the box at `ptr` once every thread pinned now has
@@ -202,7 +219,7 @@ mod imp {
             let owned = Owned(ptr);
             // SAFETY: the epoch runs this after every thread pinned now has
             // unpinned, and threads pinning later cannot reach `ptr`.
-            self.0.defer(move || unsafe { owned.drop_now() });
+            self.guard.defer(move || unsafe { owned.drop_now() });
         }
     }
 
@@ -339,6 +356,11 @@ mod imp {
     impl Pin {
         pub(crate) fn unpinned<R>(&mut self, f: impl FnOnce() -> R) -> R {
             f()
+        }
+
+        /// No epoch, nothing freed under loom.
+        pub(crate) fn breaks(&self) -> u32 {
+            0
         }
     }
 

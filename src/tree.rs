@@ -399,11 +399,11 @@ impl LockTree {
     ///
     /// The levels above the node (at most `CHAIN_LEVELS` of them below
     /// the root) come from this thread's chain cache when it has them
-    /// (`lookup.rs`): one lookup for all of them instead of one per
-    /// level, and then nothing between their acquisitions but the
-    /// acquisitions, which such requests take in owner windows when the
-    /// nodes are biased (as a prepared handle's). Otherwise the walk looks
-    /// up each level and the chain is cached for next time.
+    /// (`lookup.rs`, "Chains"): one lookup for all of them instead of one
+    /// per level; the node itself is looked up by the whole path.
+    /// Otherwise the walk looks up each level and the chain is cached for
+    /// next time. The levels are taken with CAS, as before: owner windows
+    /// here measured no faster (`docs/bench/benches.md`, "A chain cache").
     #[inline]
     pub(crate) fn acquire(
         &self,
@@ -429,24 +429,28 @@ impl LockTree {
             return Ok(held);
         };
         let m = mode.intention();
+        // The chain's pointers are good while the thread stays pinned: a
+        // request that parked (unpinned) looks the levels below up again.
+        let breaks = pin.breaks();
         for level in 0..=above {
             let node = match &chain {
                 Some(chain) if level > 0 => chain.node(level),
                 _ => self.root(),
             };
             match self.step(&mut pin, node, None, m, wait, Some(&mut held.slot)) {
-                Ok(Some(hold)) => held.push(node, m, hold),
-                Ok(None) => {
-                    // Dead: the walk below looks this level up again.
-                    self.table.forget_chain(name);
-                    // SAFETY: pinned since the chain was found.
-                    self.table.evict(&pin, unsafe { node.get() });
-                    let mut names = path.prefixes();
-                    for _ in 1..level {
-                        names.next();
+                Ok(Some(hold)) => {
+                    held.push(node, m, hold);
+                    if pin.breaks() != breaks && level < above {
+                        return self.walk_rest(pin, held, path, mode, wait);
                     }
-                    self.walk(&mut pin, &mut held, path, names, mode, wait)?;
-                    return Ok(held);
+                }
+                Ok(None) => {
+                    // Dead: the walk looks this level up again.
+                    self.table.forget_chain(name);
+                    // SAFETY: pinned since the chain was found (the node
+                    // was found dead, so this request never parked on it).
+                    self.table.evict(&pin, unsafe { node.get() });
+                    return self.walk_rest(pin, held, path, mode, wait);
                 }
                 Err(e) => {
                     drop(pin);
@@ -462,6 +466,25 @@ impl LockTree {
         }
         // The node itself: its name is the whole path.
         self.take_last(&mut pin, &mut held, &path.text, mode, wait)?;
+        Ok(held)
+    }
+
+    /// `acquire` from the first level `held` does not have, every level
+    /// looked up by name.
+    #[cold]
+    fn walk_rest(
+        &self,
+        mut pin: Pin,
+        mut held: Held,
+        path: &ParsedPath<'_>,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<Held, Error> {
+        let mut names = path.prefixes();
+        for _ in 1..held.len() {
+            names.next();
+        }
+        self.walk(&mut pin, &mut held, path, names, mode, wait)?;
         Ok(held)
     }
 

@@ -128,6 +128,39 @@ fn lookups_after_another_thread_freed(path: &'static str) {
     assert_eq!(tree.node_count(), 0);
 }
 
+/// A thread parks on an upper level of its cached chain (unpinned while it
+/// waits); meanwhile a lower level's node is killed, evicted and freed.
+/// Once granted, the thread must look that level up again rather than
+/// follow the chain's pointer (under Miri, a use after free if it did).
+#[test]
+fn chain_node_freed_while_parked_on_an_upper_level() {
+    let tree = Arc::new(LockTree::builder().idle_nodes(0).build());
+    let keep_b = tree.lock("/a/b", Mode::S).unwrap();
+    let keep_c = tree.lock("/a/b/c", Mode::S).unwrap();
+    let block_a = tree.lock("/a", Mode::S).unwrap();
+    let waiter = {
+        let tree = tree.clone();
+        thread::spawn(move || {
+            // Caches the chain of /a and /a/b (IS on /a is compatible).
+            drop(tree.lock("/a/b/c", Mode::S).unwrap());
+            // A chain hit; IX on /a waits for `block_a`.
+            drop(tree.lock("/a/b/c", Mode::X).unwrap());
+        })
+    };
+    while tree.inspect("/a").unwrap().waiting.is_empty() {
+        thread::yield_now();
+    }
+    drop(keep_c);
+    drop(keep_b); // /a/b and /a/b/c are killed and evicted
+                  // Enough pins and frees for the epoch to run the deferred frees.
+    for i in 0..200 {
+        drop(tree.lock(format!("/c{i}").as_str(), Mode::X).unwrap());
+    }
+    drop(block_a);
+    waiter.join().unwrap();
+    assert_eq!(tree.node_count(), 0);
+}
+
 #[test]
 fn prepared_handles_across_threads() {
     let tree = Arc::new(LockTree::builder().idle_nodes(0).build());

@@ -159,7 +159,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         let mut pin = tree.table().pin();
         if rel.depth == 1 {
             // A child: looked up by its whole name, no prefix to scan.
-            tree.take_last(&mut pin, &mut held, text, mode, wait)?;
+            tree.take_level(&mut pin, &mut held, Some(text), mode, wait)?;
         } else {
             let names = full.prefixes_after(base.len());
             tree.walk(&mut pin, &mut held, &full, names, mode, wait)?;

@@ -465,7 +465,7 @@ impl LockTree {
             return Ok(held);
         }
         // The node itself: its name is the whole path.
-        self.take_last(&mut pin, &mut held, &path.text, mode, wait)?;
+        self.take_level(&mut pin, &mut held, Some(&path.text), mode, wait)?;
         Ok(held)
     }
 
@@ -488,20 +488,20 @@ impl LockTree {
         Ok(held)
     }
 
-    /// The last level of a walk whose levels above it `held` has: the node
-    /// named `name` (the whole normalized path), looked up directly. On
-    /// error everything in `held` is released.
+    /// The level below those `held` has, in `mode`: the node named `name`
+    /// (its whole normalized path; `None`: the root), looked up again if
+    /// it is found dead. On error everything in `held` is released.
     #[inline(always)]
-    pub(crate) fn take_last(
+    pub(crate) fn take_level(
         &self,
         pin: &mut Pin,
         held: &mut Held,
-        name: &str,
+        name: Option<&str>,
         mode: Mode,
         wait: Wait,
     ) -> Result<(), Error> {
         loop {
-            let node = self.node(pin, Some(name));
+            let node = self.node(pin, name);
             match self.step(pin, node, None, mode, wait, Some(&mut held.slot)) {
                 Ok(Some(hold)) => {
                     held.push(node, mode, hold);
@@ -542,23 +542,7 @@ impl LockTree {
             } else {
                 mode.intention()
             };
-            loop {
-                let node = self.node(pin, name);
-                match self.step(pin, node, None, m, wait, Some(&mut held.slot)) {
-                    Ok(Some(hold)) => {
-                        held.push(node, m, hold);
-                        break;
-                    }
-                    Ok(None) => {
-                        // SAFETY: pinned since `node` was looked up.
-                        self.table.evict(pin, unsafe { node.get() });
-                    }
-                    Err(e) => {
-                        held.release(self);
-                        return Err(e);
-                    }
-                }
-            }
+            self.take_level(pin, held, name, m, wait)?;
         }
         Ok(())
     }

@@ -36,6 +36,19 @@ const MODE_BITS: usize = 0b111;
 const SLOT_BIT: usize = 0b1000;
 const _: () = assert!(std::mem::align_of::<Node>() > (MODE_BITS | SLOT_BIT));
 
+/// The mode of each value of the tag bits (`Mode as usize`; the last three
+/// never occur), indexed without a bounds check.
+const MODE_OF_TAG: [Mode; MODE_BITS + 1] = [
+    Mode::IS,
+    Mode::IX,
+    Mode::S,
+    Mode::SIX,
+    Mode::X,
+    Mode::X,
+    Mode::X,
+    Mode::X,
+];
+
 impl Level {
     /// A hold in the state word.
     #[inline]
@@ -61,7 +74,7 @@ impl Level {
 
     #[inline]
     fn mode(self) -> Mode {
-        Mode::ALL[self.0.addr().get() & MODE_BITS]
+        MODE_OF_TAG[self.0.addr().get() & MODE_BITS]
     }
 
     #[inline]

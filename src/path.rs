@@ -292,14 +292,22 @@ pub(crate) fn too_deep(shown: impl FnOnce() -> String, depth: usize, max_depth: 
 }
 
 /// Validates a string path and returns its normalized slice.
+#[inline]
 pub(crate) fn parse_str(input: &str, sep: char, max_depth: usize) -> Result<ParsedPath<'_>, Error> {
-    if let Some((text, depth)) = ascii_parse(input, sep, max_depth) {
-        return Ok(ParsedPath {
+    match ascii_parse(input, sep, max_depth) {
+        Some((text, depth)) => Ok(ParsedPath {
             text: Cow::Borrowed(text),
             depth,
             sep,
-        });
+        }),
+        None => parse_str_slow(input, sep, max_depth),
     }
+}
+
+/// `parse_str` for a non-ASCII separator, and the error of an invalid path.
+#[cold]
+#[inline(never)]
+fn parse_str_slow(input: &str, sep: char, max_depth: usize) -> Result<ParsedPath<'_>, Error> {
     let mut text = input.strip_prefix(sep).unwrap_or(input);
     if text.is_empty() {
         return Ok(ParsedPath {
@@ -336,34 +344,36 @@ pub(crate) fn parse_str(input: &str, sep: char, max_depth: usize) -> Result<Pars
 /// The fast path of `parse_str` for an ASCII separator: one pass over the
 /// bytes, returning the normalized slice and the depth. `None` if the path
 /// is invalid (or the separator is not ASCII); the slow path then says why.
-#[inline]
+#[inline(always)]
 fn ascii_parse(input: &str, sep: char, max_depth: usize) -> Option<(&str, usize)> {
     if !sep.is_ascii() {
         return None;
     }
-    let sep = sep as u8;
-    let bytes = input.as_bytes();
-    let start = usize::from(bytes.first() == Some(&sep));
-    if start == bytes.len() {
+    // `strip_prefix`/`strip_suffix` of an ASCII char slice without the
+    // char-boundary checks that indexing would do.
+    let text = input.strip_prefix(sep).unwrap_or(input);
+    if text.is_empty() {
         return Some(("", 0));
     }
-    let end = bytes.len() - usize::from(bytes[bytes.len() - 1] == sep);
-    if end <= start {
-        return None; // "//"
+    let text = text.strip_suffix(sep).unwrap_or(text);
+    let region = text.as_bytes();
+    let sep = sep as u8;
+    // Empty ("//"), or a separator first or last: an empty component.
+    match (region.first(), region.last()) {
+        (Some(&first), Some(&last)) if first != sep && last != sep => {}
+        _ => return None,
     }
-    let region = &bytes[start..end];
-    // A separator first or last in `region` ends an empty component.
-    if region[0] == sep || region[region.len() - 1] == sep {
-        return None;
-    }
-    let (seps, doubled) = if bytes.len() >= 8 {
-        count_seps_wide(bytes, start, end, sep)
+    let (seps, doubled) = if input.len() >= 8 {
+        let start = text.as_ptr().addr() - input.as_ptr().addr();
+        count_seps_wide(input.as_bytes(), start, start + region.len(), sep)
     } else {
         count_seps_narrow(region, sep)
     };
     let depth = seps + 1;
-    // Slicing at ASCII bytes keeps the text valid UTF-8.
-    (!doubled && depth <= max_depth).then(|| (&input[start..end], depth))
+    if doubled || depth > max_depth {
+        return None;
+    }
+    Some((text, depth))
 }
 
 /// The separators in `region`, and whether two of them are adjacent; one

@@ -73,6 +73,7 @@ use std::hash::BuildHasher;
 use std::ptr::{self, NonNull};
 
 use crate::node::Node;
+use crate::path::same;
 use crate::sync::{AtomicPtr, Mutex, Ordering};
 use crate::table::{NodeRef, Pin};
 
@@ -162,7 +163,7 @@ impl Array {
             // there): the node is freed only after its removal and after
             // every thread pinned before that has unpinned (module docs,
             // "Memory"). Names never change.
-            if unsafe { (*p).path.as_str() } == name {
+            if same(unsafe { (*p).path.as_str() }.as_bytes(), name.as_bytes()) {
                 // SAFETY: not null (checked above).
                 return Some(NodeRef::from_non_null(unsafe { NonNull::new_unchecked(p) }));
             }

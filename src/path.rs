@@ -292,7 +292,7 @@ pub(crate) fn too_deep(shown: impl FnOnce() -> String, depth: usize, max_depth: 
 }
 
 /// Validates a string path and returns its normalized slice.
-#[inline]
+#[inline(always)]
 pub(crate) fn parse_str(input: &str, sep: char, max_depth: usize) -> Result<ParsedPath<'_>, Error> {
     match ascii_parse(input, sep, max_depth) {
         Some((text, depth)) => Ok(ParsedPath {
@@ -374,6 +374,33 @@ fn ascii_parse(input: &str, sep: char, max_depth: usize) -> Option<(&str, usize)
         return None;
     }
     Some((text, depth))
+}
+
+/// `a == b`, without a call to `memcmp` for names of up to 16 bytes (whose
+/// first and last eight, or four, bytes cover them; shorter ones byte by
+/// byte).
+#[inline]
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 16 {
+        if let Some(eq) = ends_equal::<8>(a, b).or_else(|| ends_equal::<4>(a, b)) {
+            return eq;
+        }
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    a == b
+}
+
+/// Whether the first and last `N` bytes of `a` and `b` agree; `None` if
+/// either is shorter than `N`.
+#[inline]
+fn ends_equal<const N: usize>(a: &[u8], b: &[u8]) -> Option<bool> {
+    Some(
+        a.first_chunk::<N>()? == b.first_chunk::<N>()?
+            && a.last_chunk::<N>()? == b.last_chunk::<N>()?,
+    )
 }
 
 /// The separators in `region`, and whether two of them are adjacent; one
@@ -479,7 +506,7 @@ fn parse_components<S: AsRef<str>>(
 
 impl sealed::Sealed for &str {}
 impl<'a> IntoPath<'a> for &'a str {
-    #[inline]
+    #[inline(always)]
     fn into_parsed(self, sep: char, max_depth: usize) -> Result<ParsedPath<'a>, Error> {
         parse_str(self, sep, max_depth)
     }
@@ -708,5 +735,18 @@ mod tests {
         assert_eq!(again, p);
         let converted = Path::parse(&p, ':').unwrap();
         assert_eq!(converted.to_string(), ":a:b:c");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn same_is_equality(a in "[a-c/]{0,20}", b in "[a-c/]{0,20}", at in 0usize..20, c in "[a-d/]") {
+            proptest::prop_assert_eq!(same(a.as_bytes(), b.as_bytes()), a == b);
+            // One byte changed anywhere (start, middle, end) is seen.
+            let mut changed = a.clone().into_bytes();
+            if let Some(x) = changed.get_mut(at) {
+                *x = c.as_bytes()[0];
+            }
+            proptest::prop_assert_eq!(same(a.as_bytes(), &changed), a.as_bytes() == changed.as_slice());
+        }
     }
 }

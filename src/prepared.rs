@@ -28,6 +28,7 @@ use std::ops::Deref;
 use std::sync::Arc as StdArc;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use smallvec::SmallVec;
 
 use crate::bias::Hold;
@@ -45,6 +46,9 @@ struct RawPrepared<T: Deref<Target = LockTree>> {
     tree: T,
     /// Root first. Every node but the root carries one pin of this handle.
     nodes: SmallVec<[NodeRef; 8]>,
+    /// The handle's normalized path followed by the separator ("" for the
+    /// root): a child's name is this and the child's relative path.
+    prefix: CompactString,
 }
 
 // SAFETY: `NodeRef`s are `Send + Sync` (shared pointers to `Sync` nodes);
@@ -56,9 +60,14 @@ unsafe impl<T: Deref<Target = LockTree> + Sync> Sync for RawPrepared<T> {}
 impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     fn new<'p>(tree: T, path: impl IntoPath<'p>) -> Result<Self, Error> {
         let path = tree.parse(path)?;
+        let mut prefix = CompactString::new(&path.text);
+        if path.depth > 0 {
+            prefix.push(path.sep);
+        }
         let mut this = RawPrepared {
             nodes: SmallVec::with_capacity(path.depth + 1),
             tree,
+            prefix,
         };
         this.nodes.push(this.tree.root());
         let table = this.tree.table();
@@ -126,31 +135,23 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             return self.acquire(mode, wait);
         }
         // The child's normalized text, on the stack when it is short.
-        let base = self.path().as_str();
-        let mut enc = [0; 4];
-        let sep_text: &str = if base.is_empty() {
-            ""
-        } else {
-            sep.encode_utf8(&mut enc)
-        };
-        let parts = [base, sep_text, &rel.text];
-        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let prefix = self.prefix.as_bytes();
+        let total = prefix.len() + rel.text.len();
         let mut stack = [0u8; 192];
         let heap: String;
         let text: &str = if total <= stack.len() {
-            let mut at = 0;
-            for p in parts {
-                stack[at..at + p.len()].copy_from_slice(p.as_bytes());
-                at += p.len();
-            }
-            // SAFETY: the bytes are the concatenation of three `str`s, so
+            stack[..prefix.len()].copy_from_slice(prefix);
+            stack[prefix.len()..total].copy_from_slice(rel.text.as_bytes());
+            // SAFETY: the bytes are the concatenation of two `str`s, so
             // valid UTF-8 (skipping the check measured about 60
             // instructions per call).
             unsafe { std::str::from_utf8_unchecked(&stack[..total]) }
         } else {
-            heap = parts.concat();
+            heap = [self.prefix.as_str(), &rel.text].concat();
             &heap
         };
+        // The handle's own text ends where its separator starts.
+        let base = self.prefix.len().saturating_sub(sep.len_utf8());
         let full = ParsedPath::from_normalized(text, depth, sep);
         // With CAS, not windows: the child's lookup overlaps a CAS and
         // pays for a window's chain of loads, as on the plain walk.
@@ -161,7 +162,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             // A child: looked up by its whole name, no prefix to scan.
             tree.take_level(&mut pin, &mut held, Some(text), mode, wait)?;
         } else {
-            let names = full.prefixes_after(base.len());
+            let names = full.prefixes_after(base);
             tree.walk(&mut pin, &mut held, &full, names, mode, wait)?;
         }
         Ok(held)
@@ -175,12 +176,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         if rel.depth == 0 {
             return Ok(None);
         }
-        let base = self.path().as_str();
-        let text = if base.is_empty() {
-            rel.text.to_string()
-        } else {
-            format!("{base}{sep}{}", rel.text)
-        };
+        let text = [self.prefix.as_str(), &rel.text].concat();
         Ok(Some(
             ParsedPath::from_normalized(&text, depth, sep).into_owned(),
         ))
@@ -495,6 +491,7 @@ impl OwnedPrepared {
         let mut copy = RawPrepared {
             tree: self.0.tree.clone(),
             nodes: SmallVec::with_capacity(self.0.nodes.len()),
+            prefix: self.0.prefix.clone(),
         };
         copy.nodes.push(self.0.nodes[0]);
         for &node in &self.0.nodes[1..] {

@@ -104,6 +104,7 @@ unsafe impl Send for Held {}
 unsafe impl Sync for Held {}
 
 impl Held {
+    #[inline]
     pub(crate) fn new() -> Self {
         Held {
             levels: SmallVec::new(),
@@ -113,6 +114,7 @@ impl Held {
 
     /// As [`new`](Self::new), for a request whose slot holds are taken and
     /// given back in owner windows (`bias::WINDOWS`): a prepared handle's.
+    #[inline]
     pub(crate) fn with_windows() -> Self {
         Held {
             levels: SmallVec::new(),

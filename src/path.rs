@@ -105,6 +105,7 @@ impl Path {
 
     /// The normalized text: components joined by the separator, with no
     /// separator at either end ("db/users"; "" for the root).
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.text
     }

@@ -591,6 +591,31 @@ mod tests {
         assert_eq!(tree.node_count(), 0);
     }
 
+    /// The child's name is the handle's text, the separator and the
+    /// relative path: with a separator of several bytes, and a child two
+    /// levels down, every level is the right node.
+    #[test]
+    fn children_with_a_multibyte_separator() {
+        let tree = LockTree::builder().separator('→').build();
+        let t = tree.prepare("db→t").unwrap();
+        let g = t.lock_child("r1→c", Mode::X).unwrap();
+        assert_eq!(g.path().to_string(), "→db→t→r1→c");
+        assert_eq!(g.path().depth(), 4);
+        // Its parent holds IX (S refused, IX granted), its sibling is free.
+        assert_eq!(
+            tree.try_lock("db→t→r1", Mode::S).unwrap_err(),
+            Error::WouldBlock
+        );
+        assert!(tree.try_lock("db→t→r1", Mode::IX).is_ok());
+        assert!(tree.try_lock("db→t→r2→c", Mode::X).is_ok());
+        assert_eq!(
+            tree.try_lock("db→t→r1→c", Mode::IS).unwrap_err(),
+            Error::WouldBlock
+        );
+        let direct = t.lock_child("r3", Mode::S).unwrap();
+        assert_eq!(direct.path().to_string(), "→db→t→r3");
+    }
+
     #[test]
     fn children_of_the_root_and_depth_limits() {
         let tree = LockTree::builder().max_depth(3).build();

@@ -48,6 +48,11 @@ struct RawPrepared<T: Deref<Target = LockTree>> {
     nodes: SmallVec<[NodeRef; 8]>,
     /// The handle's normalized path followed by the separator ("" for the
     /// root): a child's name is this and the child's relative path.
+    /// Cached, not derived from the leaf node's path on each call: reading
+    /// that through `Path::as_str` and encoding the separator every
+    /// `lock_child` made prepared row locks slower than plain ones
+    /// (`docs/bench/benches.md`, "The parser and the prepared child path
+    /// inlined").
     prefix: CompactString,
 }
 
@@ -147,7 +152,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             // instructions per call).
             unsafe { std::str::from_utf8_unchecked(&stack[..total]) }
         } else {
-            heap = [self.prefix.as_str(), &rel.text].concat();
+            heap = self.child_text(&rel.text);
             &heap
         };
         // The handle's own text ends where its separator starts.
@@ -168,6 +173,11 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         Ok(held)
     }
 
+    /// The normalized text of the child whose relative text is `rel`.
+    fn child_text(&self, rel: &str) -> String {
+        [self.prefix.as_str(), rel].concat()
+    }
+
     /// The full path of `rel` below this handle, owned (for futures);
     /// `None` if `rel` is empty (the handle's own path).
     fn child_path<'p>(&self, rel: impl IntoPath<'p>) -> Result<Option<ParsedPath<'static>>, Error> {
@@ -176,7 +186,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         if rel.depth == 0 {
             return Ok(None);
         }
-        let text = [self.prefix.as_str(), &rel.text].concat();
+        let text = self.child_text(&rel.text);
         Ok(Some(
             ParsedPath::from_normalized(&text, depth, sep).into_owned(),
         ))

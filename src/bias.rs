@@ -279,6 +279,27 @@ pub(crate) fn slot_of(b: &mut u8) -> Option<usize> {
     (slot_index(*b) == mine).then_some(mine)
 }
 
+/// The owned slot of the calling thread, if it has claimed one: where a
+/// prepared handle's quick path takes its slot holds in windows. `None`
+/// (no slot claimed yet, or a shared one) sends the request the general
+/// way, which claims.
+#[inline]
+pub(crate) fn owned_slot() -> Option<usize> {
+    claimed_slot().filter(|&i| i < OWNED)
+}
+
+/// For the release of a request whose slot byte is `b`: its slot, if the
+/// request takes its holds in windows and the slot is the calling thread's
+/// owned one (so its slot holds may be given back in windows).
+#[inline]
+pub(crate) fn window_slot(b: u8) -> Option<usize> {
+    if b & WINDOWS == 0 {
+        return None;
+    }
+    let idx = slot_index(b);
+    (idx < OWNED && claimed_slot() == Some(idx)).then_some(idx)
+}
+
 /// An owner window's busy flag, cleared when dropped.
 struct Busy<'a>(&'a AtomicU32);
 
@@ -444,6 +465,40 @@ impl Slots {
         })
     }
 
+    /// The quick path's window acquire (a prepared handle's `lock`): one
+    /// hold of `m` through owned slot `idx`, the calling thread's own, if
+    /// the gate is open, the slot active, of a class that admits `m`, and
+    /// not full. `false`: nothing changed; the general path
+    /// ([`try_acquire`](Self::try_acquire)) sorts out why.
+    #[inline(always)]
+    pub(crate) fn window_acquire(&self, idx: usize, m: Mode) -> bool {
+        debug_assert!(idx < OWNED, "a window on a shared slot");
+        self.window(&self.slots[idx], |v| {
+            if v & ACTIVE == 0 {
+                return None;
+            }
+            let (one, mask) = one(v, m)?;
+            (v & mask != mask).then_some((v + one, true))
+        })
+    }
+
+    /// The window release of a hold of `m` taken through owned slot `idx`,
+    /// which the calling thread owns: `false` if the gate is closed or the
+    /// slot inactive (a fold moved its holds into the word), and nothing
+    /// changed; then [`try_release`](Self::try_release) pays the debt.
+    #[inline(always)]
+    pub(crate) fn window_release(&self, idx: usize, m: Mode) -> bool {
+        debug_assert!(idx < OWNED, "a window on a shared slot");
+        let (one, mask) = one_held(m);
+        self.window(&self.slots[idx], |v| {
+            if v & ACTIVE == 0 {
+                return None;
+            }
+            debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
+            Some((v - one, true))
+        })
+    }
+
     /// Takes one hold of `m` through `slot` with CAS: on a shared slot by
     /// any of its threads, on an owned one by its owner only.
     #[inline]
@@ -480,15 +535,7 @@ impl Slots {
             return Self::release_cas(slot, one, mask);
         }
         if claimed_slot() == Some(idx) {
-            if windows
-                && self.window(slot, |v| {
-                    if v & ACTIVE == 0 {
-                        return None;
-                    }
-                    debug_assert!(v & mask != 0, "releasing a slot hold of {m} not counted");
-                    Some((v - one, true))
-                })
-            {
+            if windows && self.window_release(idx, m) {
                 return true;
             }
             // The owner's CAS (the gate may be closed, the slot folded).

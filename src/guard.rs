@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use crate::bias::{slot_index, Hold, NO_SLOT, WINDOWS};
+use crate::bias::{slot_index, window_slot, Hold, NO_SLOT, WINDOWS};
 use crate::node::Node;
 use crate::path::{IntoPath, ParsedPath, Path};
 use crate::table::NodeRef;
@@ -168,13 +168,18 @@ impl Held {
     /// Releases every level, bottom-up. Idempotent.
     pub(crate) fn release(&mut self, tree: &LockTree) {
         let mut pin = None;
+        // Whether this thread may give the slot holds back in windows:
+        // looked up once, not per level.
+        let window = window_slot(self.slot);
         for level in self.levels.iter().rev() {
             let (node, mode) = level.get();
             if level.in_slot() {
                 // SAFETY: held (in the slot, or folded into the word) until
                 // this CAS; no `&Node` is made.
                 let slots = unsafe { node.slots() }.expect("a slot hold has slots");
-                if slots.try_release(slot_index(self.slot), mode, self.slot & WINDOWS != 0) {
+                if window.is_some_and(|idx| slots.window_release(idx, mode))
+                    || slots.try_release(slot_index(self.slot), mode, false)
+                {
                     continue;
                 }
                 // Folded: the hold is in the word.

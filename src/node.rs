@@ -444,6 +444,42 @@ impl Node {
         self.acquire_slow(from, to, may_wait, make_waiter)
     }
 
+    /// The quick path of a prepared handle's `lock` on one pinned node: a
+    /// new hold of `to`, in the word if the node is not biased, else in a
+    /// window on `mine`, the calling thread's owned slot (without one, a
+    /// biased node is left to the general path). `None`: not
+    /// granted this way (refused, full, or the slot would not take it) and
+    /// nothing changed; the caller goes on with [`acquire`](Self::acquire),
+    /// which sorts out why. The same bookkeeping as `acquire` for a request
+    /// with windows (`heat`, `contended`).
+    #[inline(always)]
+    pub(crate) fn acquire_quick(
+        &self,
+        to: Mode,
+        mine: Option<usize>,
+        table: &Table,
+    ) -> Option<Hold> {
+        match self.state.try_acquire_fast(to, true) {
+            Fast::Granted => {
+                if to.is_biasable()
+                    && (!self.is_root || self.threshold.load(Ordering::Relaxed) == 0)
+                {
+                    self.heat(to, table);
+                }
+                Some(Hold::WORD)
+            }
+            Fast::Contended => {
+                self.contended(to, table);
+                Some(Hold::WORD)
+            }
+            Fast::Biased => {
+                let (slots, mine) = (self.slots()?, mine?);
+                slots.window_acquire(mine, to).then_some(Hold::SLOT)
+            }
+            Fast::Refused => None,
+        }
+    }
+
     /// Before a blocking thread queues: the holders of a row or a table
     /// usually let go within a few hundred nanoseconds, far sooner than a
     /// park and a wake-up (two futex calls and a context switch each way).

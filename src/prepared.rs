@@ -31,7 +31,7 @@ use std::time::Duration;
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
-use crate::bias::Hold;
+use crate::bias::{owned_slot, Hold, WINDOWS};
 use crate::future::{LockFuture, OwnedLockFuture};
 use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
@@ -103,8 +103,48 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     #[inline]
     fn acquire(&self, mode: Mode, wait: Wait) -> Result<Held, Error> {
         let mut held = Held::with_windows();
-        self.acquire_pinned(&mut held, mode, true, wait)?;
+        let from = self.acquire_quick(&mut held, mode);
+        if from < self.nodes.len() {
+            self.acquire_pinned(&mut held, from, mode, true, wait)?;
+        }
         Ok(held)
+    }
+
+    /// The quick path of `acquire`: takes the pinned levels top-down while
+    /// each is granted at once, in the word or in a window on the calling
+    /// thread's owned slot (if it has claimed one), and returns how many it took (all of them, in
+    /// the common case). The rest are the general path's (`acquire_pinned`),
+    /// which may claim a slot, count contention, revoke, wait or fail.
+    ///
+    /// Why a path of its own: a handle's levels are the same few nodes
+    /// every time, so everything the general walk does per level to handle
+    /// the rare cases (claiming a slot, looking the thread's slot up again,
+    /// choosing between CAS and window, the waiter closure, the error
+    /// plumbing) was most of its cost: 846 instructions for a depth-4
+    /// lock+unlock before this path (callgrind; see
+    /// `docs/bench/benches.md`).
+    #[inline(always)]
+    fn acquire_quick(&self, held: &mut Held, mode: Mode) -> usize {
+        let mine = owned_slot();
+        let table = self.tree.table();
+        let last = self.nodes.len() - 1;
+        let intention = mode.intention();
+        for (level, &node) in self.nodes.iter().enumerate() {
+            let m = if level == last { mode } else { intention };
+            // SAFETY: pinned by this handle (or the root) for as long as
+            // `self` is borrowed.
+            let n = unsafe { node.get() };
+            match n.acquire_quick(m, mine, table) {
+                Some(hold) => {
+                    if let (true, Some(mine)) = (hold.is_slot(), mine) {
+                        held.slot = mine as u8 | WINDOWS;
+                    }
+                    held.push(node, m, hold);
+                }
+                None => return level,
+            }
+        }
+        self.nodes.len()
     }
 
     /// Parses `rel`, a path relative to this one, and checks the depth of
@@ -161,7 +201,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         // With CAS, not windows: the child's lookup overlaps a CAS and
         // pays for a window's chain of loads, as on the plain walk.
         let mut held = Held::new();
-        self.acquire_pinned(&mut held, mode, false, wait)?;
+        self.acquire_pinned(&mut held, 0, mode, false, wait)?;
         let mut pin = tree.table().pin();
         if rel.depth == 1 {
             // A child: looked up by its whole name, no prefix to scan.
@@ -192,20 +232,22 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         ))
     }
 
-    /// Takes every pinned level, root first, pushing each onto `held`:
-    /// `mode`'s intention on all of them, except `mode` itself on the last
-    /// one if `leaf` (the handle's own node is the target).
+    /// Takes the pinned levels from `from` (0: the root) down, pushing each
+    /// onto `held`: `mode`'s intention on all of them, except `mode` itself
+    /// on the last one if `leaf` (the handle's own node is the target). On
+    /// error releases everything `held` holds.
     #[inline]
     fn acquire_pinned(
         &self,
         held: &mut Held,
+        from: usize,
         mode: Mode,
         leaf: bool,
         wait: Wait,
     ) -> Result<(), Error> {
         let tree = &*self.tree;
         let last = self.nodes.len() - 1;
-        for (level, &node) in self.nodes.iter().enumerate() {
+        for (level, &node) in self.nodes.iter().enumerate().skip(from) {
             let m = if leaf && level == last {
                 mode
             } else {

@@ -551,6 +551,76 @@ fn owned_slot_guards_moved_across_threads_release_correctly() {
     assert_all_released(&tree, "owned guards");
 }
 
+#[test]
+fn a_handle_refused_below_its_window_levels_gives_them_back() {
+    let tree = always();
+    let h = tree.prepare("/a/n/c").unwrap();
+    // Biases /, /a, /a/n and /a/n/c toward {IS, S} readers; the thread
+    // claims its slot, so later locks through the handle take their
+    // levels in windows.
+    for _ in 0..3 {
+        drop(h.lock(Mode::S).unwrap());
+    }
+    let w = tree.lock("/a/n", Mode::X).unwrap(); // revokes /a/n only
+                                                 // IS on / and /a in windows, then refused on /a/n: the handle's quick
+                                                 // path stops there and the general one refuses, giving back the two
+                                                 // window holds.
+    for _ in 0..3 {
+        assert_eq!(h.try_lock(Mode::S).unwrap_err(), Error::WouldBlock);
+        assert_eq!(
+            h.lock_timeout(Mode::S, Duration::from_millis(1))
+                .unwrap_err(),
+            Error::Timeout
+        );
+    }
+    assert_eq!(holders_of(&tree, "/a"), vec![(Mode::IX, 1)]);
+    assert_eq!(holders_of(&tree, "/"), vec![(Mode::IX, 1)]);
+    assert!(!granted(&tree, "/a/n/c", Mode::IS));
+    drop(w);
+    let r = h.lock(Mode::S).unwrap();
+    assert!(
+        !granted(&tree, "/a", Mode::X),
+        "the reader's IS on /a counts"
+    );
+    assert!(granted(&tree, "/a/m", Mode::X));
+    drop(r);
+    drop(h);
+    assert_all_released(&tree, "refused handle locks");
+}
+
+#[test]
+fn a_handles_window_guards_released_elsewhere_and_after_a_revoke() {
+    let tree = Arc::new(always());
+    let h = tree.prepare_owned("/db/t").unwrap();
+    for _ in 0..3 {
+        drop(h.lock_owned(Mode::S).unwrap());
+    }
+    let mut guards: Vec<_> = (0..12).map(|_| h.lock_owned(Mode::S).unwrap()).collect();
+    assert_eq!(holders_of(&tree, "/db/t"), vec![(Mode::S, 12)]);
+    assert_eq!(holders_of(&tree, "/db"), vec![(Mode::IS, 12)]);
+    // A third dropped on other threads while the slots are active.
+    for g in guards.drain(..4) {
+        thread::spawn(move || drop(g)).join().unwrap();
+    }
+    assert_eq!(holders_of(&tree, "/db/t"), vec![(Mode::S, 8)]);
+    // A writer on /db revokes /db's bias (and waits for the readers):
+    // the remaining holds there are debts of the slot now.
+    let t = tree.clone();
+    let writer = thread::spawn(move || drop(t.lock("/db", Mode::X).unwrap()));
+    wait_until_queued(&tree, "/db", Mode::IS);
+    // Released on the owning thread after the revoke (the window finds
+    // its gate closed and pays the debt) and on other threads.
+    for g in guards.drain(..4) {
+        drop(g);
+    }
+    for g in guards.drain(..) {
+        thread::spawn(move || drop(g)).join().unwrap();
+    }
+    watchdog(LONG, "the writer on /db", move || writer.join().unwrap());
+    drop(h);
+    assert_all_released(&tree, "window guards");
+}
+
 // ---- 4. conversions and renames of slot holds ----
 
 #[test]

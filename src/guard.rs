@@ -455,12 +455,14 @@ pub struct Guard<'a>(RawGuard<&'a LockTree>);
 pub struct OwnedGuard(RawGuard<StdArc<LockTree>>);
 
 impl<'a> Guard<'a> {
+    #[inline]
     pub(crate) fn new(tree: &'a LockTree, held: Held) -> Self {
         Guard(RawGuard { tree, held })
     }
 }
 
 impl OwnedGuard {
+    #[inline]
     pub(crate) fn new(tree: StdArc<LockTree>, held: Held) -> Self {
         OwnedGuard(RawGuard { tree, held })
     }

@@ -99,15 +99,31 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         &unsafe { leaf.get() }.path
     }
 
-    /// The top-down walk over the pinned nodes.
-    #[inline]
+    /// The top-down walk over the pinned nodes. Inlined into the public
+    /// methods, with the general path out of line, so the guard is built
+    /// where the caller keeps it: moving it (88 bytes) out of a call and
+    /// into a `Result` cost more than the locking of a depth-1 handle
+    /// (store-forwarding stalls; `docs/bench/benches.md`).
+    #[inline(always)]
     fn acquire(&self, mode: Mode, wait: Wait) -> Result<Held, Error> {
         let mut held = Held::with_windows();
         let from = self.acquire_quick(&mut held, mode);
         if from < self.nodes.len() {
-            self.acquire_pinned(&mut held, from, mode, true, wait)?;
+            self.acquire_rest(&mut held, from, mode, wait)?;
         }
         Ok(held)
+    }
+
+    /// `acquire`'s general path, out of line.
+    #[inline(never)]
+    fn acquire_rest(
+        &self,
+        held: &mut Held,
+        from: usize,
+        mode: Mode,
+        wait: Wait,
+    ) -> Result<(), Error> {
+        self.acquire_pinned(held, from, mode, true, wait)
     }
 
     /// The quick path of `acquire`: takes the pinned levels top-down while
@@ -381,6 +397,7 @@ macro_rules! prepared_methods {
 
             /// Locks the path in `mode`, blocking until granted, as
             /// [`LockTree::lock`] does.
+            #[inline]
             pub fn lock(&self, mode: Mode) -> Result<$guard, Error> {
                 let held = self.0.acquire(mode, Wait::Until(None))?;
                 Ok(Guard::new(self.tree_ref(), held))
@@ -388,6 +405,7 @@ macro_rules! prepared_methods {
 
             /// Locks the path in `mode` only if no level must wait, as
             /// [`LockTree::try_lock`] does ([`Error::WouldBlock`]).
+            #[inline]
             pub fn try_lock(&self, mode: Mode) -> Result<$guard, Error> {
                 let held = self.0.acquire(mode, Wait::Never)?;
                 Ok(Guard::new(self.tree_ref(), held))
@@ -395,6 +413,7 @@ macro_rules! prepared_methods {
 
             /// Locks the path in `mode`, waiting at most `timeout` for the
             /// whole acquisition, as [`LockTree::lock_timeout`] does.
+            #[inline]
             pub fn lock_timeout(&self, mode: Mode, timeout: Duration) -> Result<$guard, Error> {
                 let held = self.0.acquire(mode, Wait::timeout(timeout))?;
                 Ok(Guard::new(self.tree_ref(), held))

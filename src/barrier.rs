@@ -57,11 +57,26 @@ pub(crate) fn light() {
 /// thread made before calling this).
 #[cfg(not(loom))]
 pub(crate) fn heavy() {
+    #[cfg(test)]
+    HEAVY_CALLS.with(|n| n.set(n.get() + 1));
     if init() {
         membarrier(CMD_PRIVATE_EXPEDITED);
     } else {
         fence(Ordering::SeqCst);
     }
+}
+
+#[cfg(all(test, not(loom)))]
+thread_local! {
+    /// How many times this thread passed the heavy side (for tests that
+    /// check a fold skipped it).
+    static HEAVY_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many times the calling thread passed [`heavy`].
+#[cfg(all(test, not(loom)))]
+pub(crate) fn heavy_calls() -> usize {
+    HEAVY_CALLS.with(std::cell::Cell::get)
 }
 
 // Under loom, whose `SeqCst` is not the C++ model's, both sides are a

@@ -318,8 +318,14 @@ enum Cas {
     Full,
 }
 
+/// The gate is closed: no slot takes holds in windows (the node is not
+/// biased, or a fold is under way).
+const CLOSED_GATE: u32 = 0;
 /// The gate is open: owners may write their slot words with plain stores.
 const OPEN: u32 = 1;
+/// The slots are active but take holds with CAS only: no window stores,
+/// so a fold needs no barrier (see "Revokes without the barrier").
+const CAS_ONLY: u32 = 2;
 /// In a slot's `remote`: a fold has taken the count; later increments
 /// are void (their holds were folded into debts).
 const CLOSED: u64 = 1 << 63;
@@ -397,7 +403,7 @@ impl Slots {
     pub(crate) fn new() -> Self {
         barrier::init();
         Slots {
-            gate: Gate(AtomicU32::new(0)),
+            gate: Gate(AtomicU32::new(CLOSED_GATE)),
             slots: std::array::from_fn(|_| Slot {
                 word: AtomicU64::new(0),
                 busy: AtomicU32::new(0),
@@ -436,7 +442,9 @@ impl Slots {
         if idx >= OWNED {
             return Self::acquire_cas(slot, m) == Cas::Taken;
         }
-        if !windows {
+        // A request with windows on a node whose gate admits none (biased
+        // for requests without) takes its slot hold with CAS too.
+        if !windows || self.gate.0.load(Ordering::Relaxed) != OPEN {
             match Self::acquire_cas(slot, m) {
                 Cas::Taken => return true,
                 Cas::Refused => return false,
@@ -605,10 +613,11 @@ impl Slots {
     }
 
     /// Makes every slot that owes nothing active in `class`, then opens
-    /// the gate. Call under the queue lock, after the word got `BIASED` and
-    /// its phantom holder (the gate is closed: the node was not biased).
-    pub(crate) fn activate(&self, class: Class) {
-        debug_assert_ne!(self.gate.0.load(Ordering::Relaxed), OPEN);
+    /// the gate: to windows if `windows`, else to CAS only. Call under the
+    /// queue lock, after the word got `BIASED` and its phantom holder (the
+    /// gate is closed: the node was not biased).
+    pub(crate) fn activate(&self, class: Class, windows: bool) {
+        debug_assert_eq!(self.gate.0.load(Ordering::Relaxed), CLOSED_GATE);
         let class_bit = match class {
             Class::IntentionExclusive => 0,
             Class::Shared => CLASS_S,
@@ -639,22 +648,25 @@ impl Slots {
                 }
             }
         }
-        self.gate.0.store(OPEN, Ordering::Release);
+        let gate = if windows { OPEN } else { CAS_ONLY };
+        self.gate.0.store(gate, Ordering::Release);
     }
 
-    /// Folds every active slot: closes the gate and waits until no owner
-    /// is inside a window (see the module docs), then for each slot `add`
+    /// Folds every active slot: closes the gate and, if it was open to
+    /// windows, waits until no owner is inside one (see the module docs),
+    /// then for each slot `add`
     /// puts its counts (IS, class mode; its remote releases taken off)
     /// into the word before the slot changes, and `sub` takes them back out
     /// if the slot changed meanwhile (then the fold of that slot is
     /// retried). Each slot ends inactive, its counts turned into debts.
     /// Call under the queue lock.
     pub(crate) fn fold(&self, mut add: impl FnMut(u64, u64), mut sub: impl FnMut(u64, u64)) {
-        self.gate.0.store(0, Ordering::Relaxed);
-        barrier::heavy();
-        for s in &self.slots {
-            while s.busy.load(Ordering::Acquire) != 0 {
-                spin();
+        if self.gate.0.swap(CLOSED_GATE, Ordering::Relaxed) == OPEN {
+            barrier::heavy();
+            for s in &self.slots {
+                while s.busy.load(Ordering::Acquire) != 0 {
+                    spin();
+                }
             }
         }
         for s in &self.slots {
@@ -870,7 +882,7 @@ mod tests {
     fn class_decides_which_modes_go_through_slots() {
         for windows in [false, true] {
             let s = Slots::new();
-            s.activate(Class::IntentionExclusive);
+            s.activate(Class::IntentionExclusive, true);
             assert!(s.try_acquire(mine(), Mode::IX, windows));
             assert!(!s.try_acquire(mine(), Mode::S, windows));
             assert_eq!(s.totals(), (0, 1));
@@ -878,7 +890,7 @@ mod tests {
             assert_eq!(s.totals(), (0, 0));
 
             let s = Slots::new();
-            s.activate(Class::Shared);
+            s.activate(Class::Shared, true);
             assert!(!s.try_acquire(mine(), Mode::IX, windows));
             assert!(s.try_acquire(mine(), Mode::S, windows));
             assert!(s.try_acquire(SHARED_SLOT, Mode::IS, windows));
@@ -889,7 +901,7 @@ mod tests {
     #[test]
     fn a_full_slot_refuses() {
         let s = Slots::new();
-        s.activate(Class::Shared);
+        s.activate(Class::Shared, true);
         for i in 0..SLOT_MAX {
             assert!(s.try_acquire(mine(), Mode::S, i % 2 == 0));
         }
@@ -902,7 +914,7 @@ mod tests {
     #[test]
     fn windows_and_cas_mix_on_an_owned_slot() {
         let s = Slots::new();
-        s.activate(Class::Shared);
+        s.activate(Class::Shared, true);
         assert!(s.try_acquire(mine(), Mode::S, true));
         assert!(s.try_acquire(mine(), Mode::S, false));
         assert!(s.try_release(mine(), Mode::S, false));
@@ -913,16 +925,56 @@ mod tests {
     #[test]
     fn a_closed_gate_takes_no_window_hold() {
         let s = Slots::new();
-        s.activate(Class::Shared);
-        s.gate.0.store(0, Ordering::Relaxed);
-        assert!(!s.try_acquire(mine(), Mode::S, true));
+        s.activate(Class::Shared, true);
+        s.gate.0.store(CLOSED_GATE, Ordering::Relaxed);
+        assert!(!s.window_acquire(mine(), Mode::S));
         assert_eq!(s.totals(), (0, 0));
+        // The slot is still active (a fold is under way and has not come
+        // to it): a CAS may take a hold, which the fold then folds.
+        assert!(s.try_acquire(mine(), Mode::S, true));
+        assert_eq!(s.totals(), (0, 1));
+    }
+
+    #[test]
+    fn a_gate_open_to_cas_only_takes_no_window_and_folds_without_barrier() {
+        let s = Slots::new();
+        s.activate(Class::Shared, false);
+        assert_eq!(s.gate.0.load(Ordering::Relaxed), CAS_ONLY);
+        assert!(!s.window_acquire(mine(), Mode::S));
+        assert_eq!(s.totals(), (0, 0));
+        // A request with windows takes its hold with CAS instead.
+        assert!(s.try_acquire(mine(), Mode::S, true));
+        assert!(s.try_acquire(mine(), Mode::IS, false));
+        assert_eq!(s.totals(), (1, 1));
+        // A window release is refused; the CAS release gives it back.
+        assert!(!s.window_release(mine(), Mode::IS));
+        assert!(s.try_release(mine(), Mode::IS, true));
+        let heavy_before = barrier::heavy_calls();
+        let (mut is, mut class) = (0, 0);
+        s.fold(
+            |i, c| {
+                is += i;
+                class += c;
+            },
+            |_, _| unreachable!("nobody races this fold"),
+        );
+        assert_eq!((is, class), (0, 1), "the S hold moved to the word");
+        assert_eq!(barrier::heavy_calls(), heavy_before, "no barrier");
+        assert_eq!(s.gate.0.load(Ordering::Relaxed), CLOSED_GATE);
+        // Its release pays the debt (released in the word by the caller).
+        assert!(!s.try_release(mine(), Mode::S, true));
+        // Open to windows, a fold passes the barrier.
+        s.activate(Class::Shared, true);
+        assert!(s.window_acquire(mine(), Mode::S));
+        s.fold(|_, _| {}, |_, _| unreachable!("nobody races this fold"));
+        assert_eq!(barrier::heavy_calls(), heavy_before + 1);
+        assert!(!s.try_release(mine(), Mode::S, true));
     }
 
     #[test]
     fn fold_turns_counts_into_debts_paid_by_releases() {
         let s = Slots::new();
-        s.activate(Class::IntentionExclusive);
+        s.activate(Class::IntentionExclusive, true);
         assert!(s.try_acquire(mine(), Mode::IS, true));
         assert!(s.try_acquire(mine(), Mode::IX, false));
         assert!(s.try_acquire(mine(), Mode::IX, true));
@@ -939,13 +991,13 @@ mod tests {
         // Folded: a release pays a debt and goes to the word.
         assert!(!s.try_release(mine(), Mode::IX, true));
         // A slot with debts is not activated again...
-        s.activate(Class::Shared);
+        s.activate(Class::Shared, true);
         assert!(!s.try_acquire(mine(), Mode::S, true));
         // ... until they are paid (one IS released, one IX forgiven).
         assert!(!s.try_release(mine(), Mode::IS, false));
         s.forgive(mine(), Mode::IX);
         s.fold(|_, _| {}, |_, _| {});
-        s.activate(Class::Shared);
+        s.activate(Class::Shared, true);
         assert!(s.try_acquire(mine(), Mode::S, true));
         assert!(s.try_release(mine(), Mode::S, true));
     }
@@ -953,7 +1005,7 @@ mod tests {
     #[test]
     fn other_threads_release_on_the_side_and_the_fold_subtracts_them() {
         let s = Slots::new();
-        s.activate(Class::Shared);
+        s.activate(Class::Shared, true);
         let owner = mine();
         for _ in 0..3 {
             assert!(s.try_acquire(owner, Mode::S, true));
@@ -976,7 +1028,7 @@ mod tests {
             sc.spawn(|| assert!(!s.try_release(owner, Mode::S, true)));
         });
         s.fold(|_, _| {}, |_, _| {});
-        s.activate(Class::Shared);
+        s.activate(Class::Shared, true);
         assert!(
             s.try_acquire(owner, Mode::S, true),
             "paid off: active again"
@@ -986,7 +1038,7 @@ mod tests {
     #[test]
     fn a_slot_full_of_holds_released_elsewhere_takes_them_back() {
         let s = Slots::new();
-        s.activate(Class::Shared);
+        s.activate(Class::Shared, true);
         let owner = mine();
         for _ in 0..SLOT_MAX {
             assert!(s.try_acquire(owner, Mode::S, false));

@@ -166,16 +166,17 @@ impl Node {
     }
 
     /// Notes a contended CAS by a compatible `m` on the word; biases the
-    /// node once there were enough.
+    /// node once there were enough (open to windows if the request that
+    /// tips it takes its slot holds in windows, see [`Node::bias`]).
     #[cold]
-    fn contended(&self, m: Mode, table: &Table) {
+    fn contended(&self, m: Mode, table: &Table, windows: bool) {
         let threshold = self.threshold.load(Ordering::Relaxed);
         if threshold == u32::MAX {
             return;
         }
         let seen = self.contended.fetch_add(1, Ordering::Relaxed) + 1;
         if seen >= threshold {
-            self.bias(m, table);
+            self.bias(m, table, windows);
         }
     }
 
@@ -189,14 +190,14 @@ impl Node {
     /// (`bias.rs`, `docs/bench/benches.md`). A plain load and store, not a
     /// read-modify-write: the count only needs to be about right.
     #[inline]
-    fn heat(&self, m: Mode, table: &Table) {
+    fn heat(&self, m: Mode, table: &Table, windows: bool) {
         let threshold = self.threshold.load(Ordering::Relaxed);
         if threshold == u32::MAX {
             return;
         }
         let seen = self.contended.load(Ordering::Relaxed).saturating_add(1);
         if seen >= threshold {
-            self.bias(m, table);
+            self.bias(m, table, windows);
         } else {
             self.contended.store(seen, Ordering::Relaxed);
         }
@@ -204,8 +205,17 @@ impl Node {
 
     /// Biases the node toward the class of `m` (see `bias.rs`), and puts it
     /// on the tree's list of biased nodes. The caller holds the node.
+    ///
+    /// With `windows` (the request that tipped it takes its slot holds in
+    /// owner windows: a prepared handle's `lock`) the slots are open to
+    /// windows, and a revoke must pass the heavy barrier (`membarrier(2)`,
+    /// about 20 us of every running thread's time). Otherwise they take
+    /// holds with CAS only, and a revoke needs no barrier: a node that
+    /// plain paths made hot (a table whose rows many threads lock) keeps
+    /// its slots' scaling, and a rare conflicting request (S on the table)
+    /// costs a fold of the slots, not a barrier across the process.
     #[cold]
-    fn bias(&self, m: Mode, table: &Table) {
+    fn bias(&self, m: Mode, table: &Table, windows: bool) {
         let newly_listed = {
             let queue = self.queue.lock();
             self.contended.store(0, Ordering::Relaxed);
@@ -234,7 +244,7 @@ impl Node {
                 Ordering::Relaxed,
             );
             // SAFETY: allocated above or earlier, freed only with the node.
-            unsafe { &*slots }.activate(class);
+            unsafe { &*slots }.activate(class, windows);
             if self.listed.load(Ordering::Relaxed) != 0 {
                 false
             } else {
@@ -407,18 +417,19 @@ impl Node {
                         // windows (a prepared handle's; see `heat`) on
                         // nodes other than the root, which every path
                         // takes, and under `Bias::Always` (threshold 0).
+                        let windows = *idx & WINDOWS != 0;
                         if to.is_biasable()
-                            && ((*idx & WINDOWS != 0 && !self.is_root)
+                            && ((windows && !self.is_root)
                                 || self.threshold.load(Ordering::Relaxed) == 0)
                         {
-                            self.heat(to, table);
+                            self.heat(to, table, windows);
                         }
                     }
                     return Ok(Acquire::Granted(Hold::WORD));
                 }
                 Fast::Contended => {
-                    if let Some((table, _)) = slots {
-                        self.contended(to, table);
+                    if let Some((table, idx)) = slots {
+                        self.contended(to, table, *idx & WINDOWS != 0);
                     }
                     return Ok(Acquire::Granted(Hold::WORD));
                 }
@@ -464,17 +475,20 @@ impl Node {
                 if to.is_biasable()
                     && (!self.is_root || self.threshold.load(Ordering::Relaxed) == 0)
                 {
-                    self.heat(to, table);
+                    self.heat(to, table, true);
                 }
                 Some(Hold::WORD)
             }
             Fast::Contended => {
-                self.contended(to, table);
+                self.contended(to, table, true);
                 Some(Hold::WORD)
             }
             Fast::Biased => {
                 let (slots, mine) = (self.slots()?, mine?);
-                slots.window_acquire(mine, to).then_some(Hold::SLOT)
+                // A window, else whatever the slot admits (with CAS on a
+                // node biased for plain paths, see `bias`).
+                (slots.window_acquire(mine, to) || slots.try_acquire(mine, to, true))
+                    .then_some(Hold::SLOT)
             }
             Fast::Refused => None,
         }

@@ -509,6 +509,7 @@ fn biased_tree() -> LockTree {
 #[test]
 fn slot_reader_racing_with_revoking_writer() {
     reader_against_revoking_writer(
+        Biaser::Plain,
         |_| (),
         |tree, res, ()| {
             let g = tree.lock("/a", Mode::S).unwrap();
@@ -518,19 +519,35 @@ fn slot_reader_racing_with_revoking_writer() {
     );
 }
 
-/// The revoke models: `/a` is biased toward {IS, S} (a first S biases it);
-/// `setup` runs on the main thread, then `reader` on a second thread with
-/// what `setup` returned, while the main thread takes X on `/a` (revoking
-/// the bias) and writes. The reader and the writer never overlap, the
-/// writer is woken, and when both are done nothing is held.
+/// How the revoke models bias `/a` (and the root) before the race.
+#[derive(Clone, Copy)]
+enum Biaser {
+    /// A plain `lock`: the slots take holds with CAS only, and a revoke
+    /// folds them without the heavy barrier.
+    Plain,
+    /// A prepared handle's `lock`: the slots are open to owner windows, and
+    /// a revoke passes the barrier and waits for open windows.
+    Handle,
+}
+
+/// The revoke models: `/a` is biased toward {IS, S} (a first S, taken as
+/// `biaser` says, biases it); `setup` runs on the main thread, then
+/// `reader` on a second thread with what `setup` returned, while the main
+/// thread takes X on `/a` (revoking the bias) and writes. The reader and
+/// the writer never overlap, the writer is woken, and when both are done
+/// nothing is held.
 fn reader_against_revoking_writer<T: Send + 'static>(
+    biaser: Biaser,
     setup: fn(&Arc<LockTree>) -> T,
     reader: fn(Arc<LockTree>, Arc<Resource>, T),
 ) {
     model(move || {
         let tree = Arc::new(biased_tree());
         let res = Arc::new(Resource::new());
-        drop(tree.lock("/a", Mode::S).unwrap());
+        match biaser {
+            Biaser::Plain => drop(tree.lock("/a", Mode::S).unwrap()),
+            Biaser::Handle => drop(tree.prepare("/a").unwrap().lock(Mode::S).unwrap()),
+        }
         let given = setup(&tree);
         let t = {
             let (tree, res) = (tree.clone(), res.clone());
@@ -608,12 +625,13 @@ fn upgrade_of_slot_hold_racing_with_reader() {
     });
 }
 
-/// `/a` is biased toward {IS, S}; a reader takes S through a prepared
-/// handle, so in an owner window (plain stores to its own slot), while a
-/// writer's X revokes the bias: the fold closes the gate, passes the
-/// barrier (here a read-modify-write of one location), waits for the
-/// reader's window to close, and only then folds the slot. The two never
-/// overlap, and nothing is left held.
+/// `/a` is biased toward {IS, S} by a prepared handle, so its slots are
+/// open to owner windows; a reader takes S through a prepared handle, so
+/// in a window (plain stores to its own slot), while a writer's X revokes
+/// the bias: the fold closes the gate, passes the barrier (here a
+/// read-modify-write of one location), waits for the reader's window to
+/// close, and only then folds the slot. The two never overlap, and nothing
+/// is left held.
 ///
 /// Catches: a fold that does not wait for open windows (mutant
 /// `fold-ignores-windows`: the reader's hold, stored after the fold read
@@ -621,15 +639,30 @@ fn upgrade_of_slot_hold_racing_with_reader() {
 /// reads the gate before announcing itself.
 #[test]
 fn window_reader_racing_with_revoking_writer() {
-    reader_against_revoking_writer(
-        |_| (),
-        |tree, res, ()| {
-            let p = tree.prepare("/a").unwrap();
-            let g = p.lock(Mode::S).unwrap();
-            res.read();
-            drop(g);
-        },
-    );
+    reader_against_revoking_writer(Biaser::Handle, |_| (), handle_reader);
+}
+
+/// Takes S on `/a` through a prepared handle and reads.
+fn handle_reader(tree: Arc<LockTree>, res: Arc<Resource>, (): ()) {
+    let p = tree.prepare("/a").unwrap();
+    let g = p.lock(Mode::S).unwrap();
+    res.read();
+    drop(g);
+}
+
+/// `/a` (and the root) are biased by a plain `lock`, so their slots take
+/// holds with CAS only and a revoke folds them without the barrier and
+/// without waiting for windows; a reader takes S through a prepared
+/// handle (which would use windows) while a writer's X revokes the bias.
+/// The reader's holds must go through CAS, so the fold sees them; the two
+/// never overlap, and nothing is left held.
+///
+/// Catches: a window through a gate open to CAS only (mutant
+/// `window-through-cas-only-gate`: the reader's plain store lands on a slot
+/// the fold has already taken, and the writer is granted over it).
+#[test]
+fn handle_reader_on_a_cas_only_node_racing_with_revoking_writer() {
+    reader_against_revoking_writer(Biaser::Plain, |_| (), handle_reader);
 }
 
 /// A hold taken through the main thread's slot is given back by another
@@ -645,6 +678,7 @@ fn window_reader_racing_with_revoking_writer() {
 #[test]
 fn slot_hold_released_elsewhere_racing_with_revoke() {
     reader_against_revoking_writer(
+        Biaser::Plain,
         |tree| tree.lock_owned("/a", Mode::S).unwrap(),
         |_, res, g| {
             res.read();

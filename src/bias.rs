@@ -89,13 +89,31 @@
 //! (figures in `docs/bench/benches.md`); so the walk takes its slot holds
 //! with CAS.
 //!
+//! # Revokes without the barrier
+//!
+//! The gate has three states: closed, open to windows ([`OPEN`]), and
+//! open to CAS only ([`CAS_ONLY`]). A node is opened to windows only when
+//! a request that uses them (a prepared handle's `lock`) biases it; a node
+//! that plain paths made hot (a table whose rows two threads lock) is
+//! opened to CAS only, and a request with windows takes its slot hold
+//! there with CAS as well. A fold swaps the gate closed and passes the
+//! heavy barrier and waits for windows only if the gate was open to them:
+//! through a gate open to CAS only no window ever stored (a window stores
+//! only after reading `OPEN`, and windows of an earlier bias were waited
+//! out by its fold), and CAS changes to a slot word are ones the fold's own
+//! CAS sees. So the rare conflicting request on such a node (S on the hot
+//! table) costs a fold of the slots, not a `membarrier(2)` that interrupts
+//! every running thread of the process: a standalone two-thread database
+//! mix with 1% S on the table and `Bias::Always` (a revoke per S) went from
+//! 5.1-5.5 to 9.6-10.0 M/s (`docs/bench/benches.md`).
+//!
 //! # Protocol
 //!
 //! - **Bias** (under the queue lock): the state word gets `BIASED` plus one
 //!   phantom holder of the class's stronger mode (IX or S) — refused if a
 //!   holder conflicts with it or anyone waits — and only then are the slots
 //!   that owe nothing made `ACTIVE` (their `remote` counters zeroed) and
-//!   the gate opened. So a slot is active only while the word says,
+//!   the gate opened (to windows or to CAS only). So a slot is active only while the word says,
 //!   through its phantom holder, that the class is held: every request
 //!   that conflicts with the class sees a conflict in the word and takes
 //!   the slow path, which revokes.
@@ -109,8 +127,9 @@
 //!   counter. If a fold has closed that counter, the increment is void:
 //!   the hold is (or is about to be) a debt, which the releaser waits to
 //!   see and pays.
-//! - **Revoke / fold** (under the queue lock): close the gate, pass the
-//!   heavy barrier, wait for windows to end; then for each active slot,
+//! - **Revoke / fold** (under the queue lock): close the gate; if it was
+//!   open to windows, pass the heavy barrier and wait for windows to end;
+//!   then for each active slot,
 //!   close its `remote` counter (the releases counted there are taken off
 //!   the slot's counts), add the counts to the word, then CAS the slot to
 //!   inactive with its counts moved to its debts (if the CAS loses to a
@@ -136,8 +155,9 @@
 //! node a prepared handle keeps, of grants of those modes (whose windows
 //! are cheaper than the word's CAS even on one thread); a revoke doubles
 //! the number needed next time (up to a cap), so a node that alternates
-//! readers and writers stops flipping. Each revoke costs a `membarrier`
-//! call (a few microseconds, more with many running threads).
+//! readers and writers stops flipping. Each revoke costs a fold of the
+//! slots, and on a node opened to windows also a `membarrier` call (a few
+//! microseconds, more with many running threads).
 //! [`Bias::Always`] biases at the first compatible acquisition (for nodes
 //! known to be hot, and for tests), [`Bias::Never`] never.
 //!

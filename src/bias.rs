@@ -113,10 +113,10 @@
 //!   phantom holder of the class's stronger mode (IX or S) — refused if a
 //!   holder conflicts with it or anyone waits — and only then are the slots
 //!   that owe nothing made `ACTIVE` (their `remote` counters zeroed) and
-//!   the gate opened (to windows or to CAS only). So a slot is active only while the word says,
-//!   through its phantom holder, that the class is held: every request
-//!   that conflicts with the class sees a conflict in the word and takes
-//!   the slow path, which revokes.
+//!   the gate opened (to windows or to CAS only). So a slot is active only
+//!   while the word says, through its phantom holder, that the class is
+//!   held: every request that conflicts with the class sees a conflict in
+//!   the word and takes the slow path, which revokes.
 //! - **Acquire through a slot**: on the request's own slot, which must be
 //!   active, of a class that admits the mode, and not full: a CAS, or a
 //!   window. The guard remembers that the level is in a slot, and which.
@@ -129,12 +129,11 @@
 //!   see and pays.
 //! - **Revoke / fold** (under the queue lock): close the gate; if it was
 //!   open to windows, pass the heavy barrier and wait for windows to end;
-//!   then for each active slot,
-//!   close its `remote` counter (the releases counted there are taken off
-//!   the slot's counts), add the counts to the word, then CAS the slot to
-//!   inactive with its counts moved to its debts (if the CAS loses to a
-//!   CAS acquire or release through the slot, take the counts back out of
-//!   the word and retry). Every hold is in the word or in its slot at
+//!   then for each active slot, close its `remote` counter (the releases
+//!   counted there are taken off the slot's counts), add the counts to the
+//!   word, then CAS the slot to inactive with its counts moved to its
+//!   debts (if the CAS loses to a CAS acquire or release through the slot,
+//!   take the counts back out of the word and retry). Every hold is in the word or in its slot at
 //!   every moment, never in neither; the phantom keeps conflicting
 //!   requests out meanwhile. Finally the phantom and `BIASED` leave the
 //!   word; from then on the word counts every holder exactly.
@@ -674,11 +673,10 @@ impl Slots {
 
     /// Folds every active slot: closes the gate and, if it was open to
     /// windows, waits until no owner is inside one (see the module docs),
-    /// then for each slot `add`
-    /// puts its counts (IS, class mode; its remote releases taken off)
-    /// into the word before the slot changes, and `sub` takes them back out
-    /// if the slot changed meanwhile (then the fold of that slot is
-    /// retried). Each slot ends inactive, its counts turned into debts.
+    /// then for each slot `add` puts its counts (IS, class mode; its remote
+    /// releases taken off) into the word before the slot changes, and `sub`
+    /// takes them back out if the slot changed meanwhile (then the fold of
+    /// that slot is retried). Each slot ends inactive, its counts turned into debts.
     /// Call under the queue lock.
     pub(crate) fn fold(&self, mut add: impl FnMut(u64, u64), mut sub: impl FnMut(u64, u64)) {
         if self.gate.0.swap(CLOSED_GATE, Ordering::Relaxed) == OPEN {

@@ -31,7 +31,7 @@ pub(crate) const GRANTED: u8 = 1;
 /// 255 pauses, a few microseconds. Measured on the database mix (IX on a
 /// table, X on rows, 1% S on the table; `docs/bench/benches.md`): with
 /// four threads on two cores 2-2.5 M/s without the spin, 3-5 M/s with 63
-/// pauses, 9-11 M/s with 255; with two threads 3-5% below no spin.
+/// pauses, 9-11 M/s with 255; with two threads 2-10% below no spin.
 const SPIN_ROUNDS: u32 = 8;
 
 /// How to wake the waiter.

@@ -410,26 +410,9 @@ impl Node {
     ) -> Result<Acquire, Error> {
         match from {
             None => match self.state.try_acquire_fast(to, slots.is_some()) {
-                Fast::Granted => {
+                fast @ (Fast::Granted | Fast::Contended) => {
                     if let Some((table, idx)) = slots {
-                        // Uncontended grants count toward a bias for
-                        // requests that would take their slot holds in
-                        // windows (a prepared handle's; see `heat`) on
-                        // nodes other than the root, which every path
-                        // takes, and under `Bias::Always` (threshold 0).
-                        let windows = *idx & WINDOWS != 0;
-                        if to.is_biasable()
-                            && ((windows && !self.is_root)
-                                || self.threshold.load(Ordering::Relaxed) == 0)
-                        {
-                            self.heat(to, table, windows);
-                        }
-                    }
-                    return Ok(Acquire::Granted(Hold::WORD));
-                }
-                Fast::Contended => {
-                    if let Some((table, idx)) = slots {
-                        self.contended(to, table, *idx & WINDOWS != 0);
+                        self.note_word_grant(fast, to, table, *idx & WINDOWS != 0);
                     }
                     return Ok(Acquire::Granted(Hold::WORD));
                 }
@@ -455,6 +438,23 @@ impl Node {
         self.acquire_slow(from, to, may_wait, make_waiter)
     }
 
+    /// The bias bookkeeping of a grant of `to` in the word (`fast`:
+    /// `Granted` or `Contended`) to a request that may take slot holds
+    /// (`windows`: in owner windows). Contended CASes count toward a bias;
+    /// so do uncontended grants to requests with windows (a prepared
+    /// handle's; see `heat`) on nodes other than the root, which every path
+    /// takes, and every grant under `Bias::Always` (threshold 0).
+    #[inline(always)]
+    fn note_word_grant(&self, fast: Fast, to: Mode, table: &Table, windows: bool) {
+        if fast == Fast::Contended {
+            self.contended(to, table, windows);
+        } else if to.is_biasable()
+            && ((windows && !self.is_root) || self.threshold.load(Ordering::Relaxed) == 0)
+        {
+            self.heat(to, table, windows);
+        }
+    }
+
     /// The quick path of a prepared handle's `lock` on one pinned node: a
     /// new hold of `to`, in the word if the node is not biased, else in a
     /// window on `mine`, the calling thread's owned slot (without one, a
@@ -471,16 +471,8 @@ impl Node {
         table: &Table,
     ) -> Option<Hold> {
         match self.state.try_acquire_fast(to, true) {
-            Fast::Granted => {
-                if to.is_biasable()
-                    && (!self.is_root || self.threshold.load(Ordering::Relaxed) == 0)
-                {
-                    self.heat(to, table, true);
-                }
-                Some(Hold::WORD)
-            }
-            Fast::Contended => {
-                self.contended(to, table, true);
+            fast @ (Fast::Granted | Fast::Contended) => {
+                self.note_word_grant(fast, to, table, true);
                 Some(Hold::WORD)
             }
             Fast::Biased => {

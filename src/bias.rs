@@ -551,20 +551,18 @@ impl Slots {
         }
     }
 
-    /// Gives back a hold of `m` taken through slot `idx` (in a window if
-    /// `windows` and the caller owns the slot). `false`: it paid off a debt
-    /// instead: the hold is in the state word; release it there.
+    /// Gives back a hold of `m` taken through slot `idx` with CAS (a
+    /// request with windows tries [`window_release`](Self::window_release)
+    /// first). `false`: it paid off a debt instead: the hold is in the
+    /// state word; release it there.
     #[inline]
-    pub(crate) fn try_release(&self, idx: usize, m: Mode, windows: bool) -> bool {
+    pub(crate) fn try_release(&self, idx: usize, m: Mode) -> bool {
         let slot = &self.slots[idx % SLOTS];
         let (one, mask) = one_held(m);
         if idx >= OWNED {
             return Self::release_cas(slot, one, mask);
         }
         if claimed_slot() == Some(idx) {
-            if windows && self.window_release(idx, m) {
-                return true;
-            }
             // The owner's CAS (the gate may be closed, the slot folded).
             return Self::release_cas(slot, one, mask);
         }
@@ -884,6 +882,17 @@ mod tests {
         i
     }
 
+    /// Gives back a hold as `Held::release` does: in a window if
+    /// `windows` and the calling thread owns the slot, else with CAS.
+    fn release(s: &Slots, idx: usize, m: Mode, windows: bool) -> bool {
+        let window = if windows {
+            window_slot(idx as u8 | WINDOWS)
+        } else {
+            None
+        };
+        window.is_some_and(|i| s.window_release(i, m)) || s.try_release(idx, m)
+    }
+
     /// A shared slot, which any thread may use with CAS.
     const SHARED_SLOT: usize = OWNED;
 
@@ -904,7 +913,7 @@ mod tests {
             assert!(s.try_acquire(mine(), Mode::IX, windows));
             assert!(!s.try_acquire(mine(), Mode::S, windows));
             assert_eq!(s.totals(), (0, 1));
-            assert!(s.try_release(mine(), Mode::IX, windows));
+            assert!(release(&s, mine(), Mode::IX, windows));
             assert_eq!(s.totals(), (0, 0));
 
             let s = Slots::new();
@@ -935,8 +944,8 @@ mod tests {
         s.activate(Class::Shared, true);
         assert!(s.try_acquire(mine(), Mode::S, true));
         assert!(s.try_acquire(mine(), Mode::S, false));
-        assert!(s.try_release(mine(), Mode::S, false));
-        assert!(s.try_release(mine(), Mode::S, true));
+        assert!(release(&s, mine(), Mode::S, false));
+        assert!(release(&s, mine(), Mode::S, true));
         assert_eq!(s.totals(), (0, 0));
     }
 
@@ -966,7 +975,7 @@ mod tests {
         assert_eq!(s.totals(), (1, 1));
         // A window release is refused; the CAS release gives it back.
         assert!(!s.window_release(mine(), Mode::IS));
-        assert!(s.try_release(mine(), Mode::IS, true));
+        assert!(release(&s, mine(), Mode::IS, true));
         let heavy_before = barrier::heavy_calls();
         let (mut is, mut class) = (0, 0);
         s.fold(
@@ -980,13 +989,13 @@ mod tests {
         assert_eq!(barrier::heavy_calls(), heavy_before, "no barrier");
         assert_eq!(s.gate.0.load(Ordering::Relaxed), CLOSED_GATE);
         // Its release pays the debt (released in the word by the caller).
-        assert!(!s.try_release(mine(), Mode::S, true));
+        assert!(!release(&s, mine(), Mode::S, true));
         // Open to windows, a fold passes the barrier.
         s.activate(Class::Shared, true);
         assert!(s.window_acquire(mine(), Mode::S));
         s.fold(|_, _| {}, |_, _| unreachable!("nobody races this fold"));
         assert_eq!(barrier::heavy_calls(), heavy_before + 1);
-        assert!(!s.try_release(mine(), Mode::S, true));
+        assert!(!release(&s, mine(), Mode::S, true));
     }
 
     #[test]
@@ -1007,17 +1016,17 @@ mod tests {
         assert_eq!(moved, (1, 2));
         assert_eq!(s.totals(), (0, 0));
         // Folded: a release pays a debt and goes to the word.
-        assert!(!s.try_release(mine(), Mode::IX, true));
+        assert!(!release(&s, mine(), Mode::IX, true));
         // A slot with debts is not activated again...
         s.activate(Class::Shared, true);
         assert!(!s.try_acquire(mine(), Mode::S, true));
         // ... until they are paid (one IS released, one IX forgiven).
-        assert!(!s.try_release(mine(), Mode::IS, false));
+        assert!(!release(&s, mine(), Mode::IS, false));
         s.forgive(mine(), Mode::IX);
         s.fold(|_, _| {}, |_, _| {});
         s.activate(Class::Shared, true);
         assert!(s.try_acquire(mine(), Mode::S, true));
-        assert!(s.try_release(mine(), Mode::S, true));
+        assert!(release(&s, mine(), Mode::S, true));
     }
 
     #[test]
@@ -1032,8 +1041,8 @@ mod tests {
         // there): counted on the side, not in the owner's word.
         std::thread::scope(|sc| {
             sc.spawn(|| {
-                assert!(s.try_release(owner, Mode::S, true));
-                assert!(s.try_release(owner, Mode::S, false));
+                assert!(release(&s, owner, Mode::S, true));
+                assert!(release(&s, owner, Mode::S, false));
             });
         });
         assert_eq!(s.totals(), (0, 1));
@@ -1043,7 +1052,7 @@ mod tests {
         // The last one, released by yet another thread after the fold,
         // pays the debt (and is released in the word by the caller).
         std::thread::scope(|sc| {
-            sc.spawn(|| assert!(!s.try_release(owner, Mode::S, true)));
+            sc.spawn(|| assert!(!release(&s, owner, Mode::S, true)));
         });
         s.fold(|_, _| {}, |_, _| {});
         s.activate(Class::Shared, true);
@@ -1064,7 +1073,7 @@ mod tests {
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 for _ in 0..10 {
-                    assert!(s.try_release(owner, Mode::S, false));
+                    assert!(release(&s, owner, Mode::S, false));
                 }
             });
         });

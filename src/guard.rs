@@ -178,7 +178,7 @@ impl Held {
                 // this CAS; no `&Node` is made.
                 let slots = unsafe { node.slots() }.expect("a slot hold has slots");
                 if window.is_some_and(|idx| slots.window_release(idx, mode))
-                    || slots.try_release(slot_index(self.slot), mode, false)
+                    || slots.try_release(slot_index(self.slot), mode)
                 {
                     continue;
                 }

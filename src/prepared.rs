@@ -128,9 +128,10 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
 
     /// The quick path of `acquire`: takes the pinned levels top-down while
     /// each is granted at once, in the word or in a window on the calling
-    /// thread's owned slot (if it has claimed one), and returns how many it took (all of them, in
-    /// the common case). The rest are the general path's (`acquire_pinned`),
-    /// which may claim a slot, count contention, revoke, wait or fail.
+    /// thread's owned slot (if it has claimed one), and returns how many it
+    /// took (all of them, in the common case). The rest are the general
+    /// path's (`acquire_pinned`), which may claim a slot, count contention,
+    /// revoke, wait or fail.
     ///
     /// Why a path of its own: a handle's levels are the same few nodes
     /// every time, so everything the general walk does per level to handle
@@ -152,7 +153,8 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
             let n = unsafe { node.get() };
             match n.acquire_quick(m, mine, table) {
                 Some(hold) => {
-                    if let (true, Some(mine)) = (hold.is_slot(), mine) {
+                    // A slot hold is only ever taken in the thread's slot.
+                    if let Some(mine) = mine.filter(|_| hold.is_slot()) {
                         held.slot = mine as u8 | WINDOWS;
                     }
                     held.push(node, m, hold);

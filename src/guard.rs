@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use crate::bias::{slot_index, window_slot, Hold, NO_SLOT, WINDOWS};
 use crate::node::Node;
 use crate::path::{IntoPath, ParsedPath, Path};
+use crate::sticky::Sticky;
 use crate::table::NodeRef;
 use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
@@ -95,6 +96,9 @@ pub(crate) struct Held {
     /// The bias slot every slot hold of this request goes through
     /// (`NO_SLOT` until the first).
     pub(crate) slot: u8,
+    /// A prepared handle's active sticky that keeps the whole path for
+    /// this guard (`sticky.rs`); `levels` is then empty.
+    sticky: Option<NonNull<Sticky>>,
 }
 
 // SAFETY: a `Level` is a `NodeRef` with a mode in its low bits; `NodeRef`
@@ -109,7 +113,33 @@ impl Held {
         Held {
             levels: SmallVec::new(),
             slot: NO_SLOT,
+            sticky: None,
         }
+    }
+
+    /// A hold of a whole path through `sticky`, which the caller turned
+    /// active.
+    #[inline]
+    pub(crate) fn stuck(sticky: NonNull<Sticky>) -> Self {
+        Held {
+            levels: SmallVec::new(),
+            slot: NO_SLOT,
+            sticky: Some(sticky),
+        }
+    }
+
+    /// Takes a sticky's holds into this guard, which then holds them
+    /// itself (before a conversion).
+    fn unstick(&mut self) {
+        if let Some(s) = self.sticky.take() {
+            *self = Sticky::unstick(s, false);
+        }
+    }
+
+    /// The active sticky of this guard.
+    fn sticky(&self) -> Option<&Sticky> {
+        // SAFETY: an active sticky lives while its guard does (`sticky.rs`).
+        self.sticky.map(|s| unsafe { s.as_ref() })
     }
 
     /// As [`new`](Self::new), for a request whose slot holds are taken and
@@ -119,6 +149,7 @@ impl Held {
         Held {
             levels: SmallVec::new(),
             slot: NO_SLOT | WINDOWS,
+            sticky: None,
         }
     }
 
@@ -156,17 +187,35 @@ impl Held {
 
     /// The mode held on the node itself.
     pub(crate) fn mode(&self) -> Mode {
-        self.levels.last().expect("a guard holds its node").mode()
+        match (self.levels.last(), self.sticky()) {
+            (Some(l), _) => l.mode(),
+            (None, Some(s)) => s.mode(),
+            (None, None) => unreachable!("a guard holds its node"),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
-        let leaf = self.levels.last().expect("a guard holds its node").node();
+        let leaf = match (self.levels.last(), self.sticky()) {
+            (Some(l), _) => l.node(),
+            (None, Some(s)) => s.leaf(),
+            (None, None) => unreachable!("a guard holds its node"),
+        };
         // SAFETY: the node is held for as long as `self` is borrowed.
         &unsafe { leaf.get() }.path
     }
 
     /// Releases every level, bottom-up. Idempotent.
+    #[inline]
     pub(crate) fn release(&mut self, tree: &LockTree) {
+        if let Some(s) = self.sticky.take() {
+            // The sticky keeps the whole path: `levels` is empty.
+            Sticky::unlock(s, tree);
+            return;
+        }
+        self.release_levels(tree);
+    }
+
+    fn release_levels(&mut self, tree: &LockTree) {
         let mut pin = None;
         // Whether this thread may give the slot holds back in windows:
         // looked up once, not per level.
@@ -207,6 +256,7 @@ impl Held {
         if target == current {
             return Ok(());
         }
+        self.unstick();
         self.materialize();
         let mut pin = tree.table().pin();
         let last = self.levels.len() - 1;
@@ -253,6 +303,7 @@ impl Held {
         to: &ParsedPath<'_>,
         wait: Wait,
     ) -> Result<(), Error> {
+        self.unstick();
         self.materialize();
         let mode = self.mode();
         let need = |level: usize| {
@@ -372,6 +423,7 @@ impl Held {
         if m == current {
             return Ok(());
         }
+        self.unstick();
         self.materialize();
         let pin = tree.table().pin();
         let last = self.levels.len() - 1;

@@ -112,6 +112,8 @@ impl LockTree {
     fn describe(&self, node: NodeRef) -> NodeInfo {
         // SAFETY: the callers are pinned since they looked the node up.
         let n = unsafe { node.get() };
+        // Holds kept by idle prepared handles are nobody's: call them back.
+        n.revoke_sticky(None);
         let mut granted = Vec::new();
         // Holds in the state word and in bias slots alike.
         let mut anonymous: [u64; 5] = n.counts();

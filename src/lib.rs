@@ -77,6 +77,7 @@ mod park;
 mod path;
 mod prepared;
 mod state;
+mod sticky;
 mod sync;
 mod table;
 mod tree;

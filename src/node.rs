@@ -59,6 +59,7 @@ use crate::bias::{slot_of, Bias, Class, Hold, Slots, FIRST_THRESHOLD, MAX_THRESH
 use crate::park::Waiter;
 use crate::path::Path;
 use crate::state::{Fast, ModeSet, Refusal, StateWord};
+use crate::sticky::Registry;
 use crate::sync::{Arc, AtomicPtr, AtomicU32, AtomicU8, Mutex, Ordering};
 use crate::table::{NodeRef, Pin, Table};
 use crate::{Error, Mode};
@@ -112,6 +113,10 @@ pub(crate) struct Node {
     /// How many such grants bias the node: 0 biases at once, `u32::MAX`
     /// never.
     threshold: AtomicU32,
+    /// The prepared handles' stickies that keep holds here (see
+    /// `sticky.rs`), allocated under the queue lock the first time one
+    /// does; freed with the node.
+    sticky: AtomicPtr<Registry>,
 }
 
 /// Rounds of [`Node::spin`]: 2^0 + ... + 2^5 = 63 pauses.
@@ -146,7 +151,40 @@ impl Node {
             listed: AtomicU8::new(0),
             contended: AtomicU32::new(0),
             threshold: AtomicU32::new(threshold),
+            sticky: AtomicPtr::new(std::ptr::null_mut()),
         }
+    }
+
+    /// The registry of stickies keeping holds here, if one ever did.
+    #[inline]
+    pub(crate) fn registry(&self) -> Option<&Registry> {
+        let p = self.sticky.load(Ordering::Acquire);
+        // SAFETY: set once (under the queue lock) to a leaked `Box` that
+        // lives as long as the node (freed in `Drop`).
+        unsafe { p.as_ref() }
+    }
+
+    /// The registry, allocated under the queue lock if there is none yet:
+    /// a request that queued before the allocation set `WAITING` where
+    /// the sticky's maker will see it (see `sticky.rs`).
+    pub(crate) fn registry_or_init(&self) -> &Registry {
+        if let Some(r) = self.registry() {
+            return r;
+        }
+        let _queue = self.queue.lock();
+        if let Some(r) = self.registry() {
+            return r;
+        }
+        let p = Box::into_raw(Box::new(Registry::default()));
+        self.sticky.store(p, Ordering::Release);
+        // SAFETY: just made; owned by the node from now on.
+        unsafe { &*p }
+    }
+
+    /// Whether a sticky may keep holds here (a hint).
+    #[inline]
+    fn maybe_sticky(&self) -> bool {
+        self.registry().is_some_and(Registry::maybe_any)
     }
 
     /// The node's slots, if it was ever biased.
@@ -424,7 +462,8 @@ impl Node {
                     }
                 }
                 Fast::Refused => {
-                    if may_wait && spin && self.spin(to) {
+                    // Spinning cannot outwait an idle sticky: revoke it.
+                    if may_wait && spin && !self.maybe_sticky() && self.spin(to) {
                         return Ok(Acquire::Granted(Hold::WORD));
                     }
                 }
@@ -538,6 +577,10 @@ impl Node {
         }
     }
 
+    /// The queue's side of a request, then the stickies in its way
+    /// revoked (`sticky.rs`): after queueing (`WAITING` is set, so a
+    /// sticky made from now on sees it), or before failing a `try_lock`,
+    /// which tries again if that released something.
     #[cold]
     fn acquire_slow(
         &self,
@@ -545,6 +588,27 @@ impl Node {
         to: Mode,
         may_wait: bool,
         make_waiter: impl FnOnce(Option<Mode>, Mode) -> Waiter,
+    ) -> Result<Acquire, Error> {
+        let mut make_waiter = Some(make_waiter);
+        loop {
+            let result = self.acquire_queued(from, to, may_wait, &mut make_waiter);
+            match &result {
+                Ok(Acquire::Wait(_)) => {
+                    self.revoke_sticky(Some(to));
+                }
+                Err(Error::WouldBlock) if self.revoke_sticky(Some(to)) => continue,
+                _ => {}
+            }
+            return result;
+        }
+    }
+
+    fn acquire_queued(
+        &self,
+        from: Option<Mode>,
+        to: Mode,
+        may_wait: bool,
+        make_waiter: &mut Option<impl FnOnce(Option<Mode>, Mode) -> Waiter>,
     ) -> Result<Acquire, Error> {
         let mut queue = self.queue.lock();
         // Decide on exact counts, and never queue on a biased node (a
@@ -582,6 +646,7 @@ impl Node {
                 return Err(Error::Deadlock);
             }
         }
+        let make_waiter = make_waiter.take().expect("a request queues once");
         let waiter = Arc::new(make_waiter(from, to));
         let pos = if from.is_some() {
             queue.iter().take_while(|w| w.is_conversion()).count()
@@ -719,6 +784,7 @@ impl Node {
     /// Whether a new request for `m` would be granted now (holders and the
     /// queue both admit it), without taking anything.
     pub(crate) fn admits(&self, m: Mode) -> bool {
+        self.revoke_sticky(Some(m));
         self.revoke();
         let s = self.state.load();
         if s.is_dead() {
@@ -737,6 +803,16 @@ impl Node {
     /// Registers `watcher` to be woken at the next change of this node,
     /// unless the node already admits `m` (then `false`, nothing queued).
     pub(crate) fn watch(&self, watcher: &Arc<Waiter>) -> bool {
+        let queued = self.watch_queued(watcher);
+        if queued {
+            // Queued with WAITING set: revoke what an idle sticky keeps in
+            // the way (its release wakes the watcher).
+            self.revoke_sticky(Some(watcher.target));
+        }
+        queued
+    }
+
+    fn watch_queued(&self, watcher: &Arc<Waiter>) -> bool {
         let mut queue = self.queue.lock();
         // A release through a slot would not see WAITING.
         self.revoke_locked();
@@ -776,6 +852,12 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        let r = self.sticky.load(Ordering::Relaxed);
+        if !r.is_null() {
+            // SAFETY: made by `Box::into_raw` in `registry_or_init`, owned
+            // by the node.
+            drop(unsafe { Box::from_raw(r) });
+        }
         let p = self.slots.load(Ordering::Relaxed);
         if !p.is_null() {
             // SAFETY: made by `Box::into_raw` in `bias`, owned by the node.

@@ -37,6 +37,8 @@ use crate::guard::{Guard, Held, OwnedGuard};
 use crate::node::Acquire;
 use crate::park::Waiter;
 use crate::path::{too_deep, IntoPath, ParsedPath, Path};
+use crate::sticky::Sticky;
+use crate::sync::Arc;
 use crate::table::NodeRef;
 use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
@@ -54,6 +56,8 @@ struct RawPrepared<T: Deref<Target = LockTree>> {
     /// (`docs/bench/benches.md`, "The parser and the prepared child path
     /// inlined").
     prefix: CompactString,
+    /// The holds the handle keeps between guards (`sticky.rs`).
+    sticky: Arc<Sticky>,
 }
 
 // SAFETY: `NodeRef`s are `Send + Sync` (shared pointers to `Sync` nodes);
@@ -71,6 +75,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         }
         let mut this = RawPrepared {
             nodes: SmallVec::with_capacity(path.depth + 1),
+            sticky: Sticky::new(&tree, &[], false),
             tree,
             prefix,
         };
@@ -90,6 +95,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
                 table.evict(&pin, n);
             }
         }
+        this.sticky = Sticky::new(&this.tree, &this.nodes, this.tree.sticky());
         Ok(this)
     }
 
@@ -104,14 +110,20 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     /// where the caller keeps it: moving it (88 bytes) out of a call and
     /// into a `Result` cost more than the locking of a depth-1 handle
     /// (store-forwarding stalls; `docs/bench/benches.md`).
+    ///
+    /// First the handle's sticky (`sticky.rs`): if this thread kept the
+    /// path in `mode` since its last guard, one CAS takes it back.
     #[inline(always)]
     fn acquire(&self, mode: Mode, wait: Wait) -> Result<Held, Error> {
+        if self.sticky.reuse(mode) {
+            return Ok(Held::stuck(std::ptr::NonNull::from(&*self.sticky)));
+        }
         let mut held = Held::with_windows();
         let from = self.acquire_quick(&mut held, mode);
         if from < self.nodes.len() {
             self.acquire_rest(&mut held, from, mode, wait)?;
         }
-        Ok(held)
+        Ok(Sticky::keep(&self.sticky, held, mode))
     }
 
     /// `acquire`'s general path, out of line.
@@ -304,6 +316,8 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
 
 impl<T: Deref<Target = LockTree>> Drop for RawPrepared<T> {
     fn drop(&mut self) {
+        // The kept holds first, while the nodes are pinned.
+        Sticky::drop_handle(&self.sticky);
         let table = self.tree.table();
         let pin = table.pin();
         for node in self.nodes.iter().skip(1).rev() {
@@ -565,6 +579,7 @@ impl OwnedPrepared {
             tree: self.0.tree.clone(),
             nodes: SmallVec::with_capacity(self.0.nodes.len()),
             prefix: self.0.prefix.clone(),
+            sticky: Sticky::new(&self.0.tree, &[], false),
         };
         copy.nodes.push(self.0.nodes[0]);
         for &node in &self.0.nodes[1..] {
@@ -574,6 +589,7 @@ impl OwnedPrepared {
             debug_assert!(pinned, "a pinned node is never dead");
             copy.nodes.push(node);
         }
+        // The copy (a future's) never locks through `acquire`: no sticky.
         Ok(OwnedPrepared(copy))
     }
 

@@ -66,6 +66,7 @@ pub struct LockTree {
     owners: Owners,
     sep: char,
     max_depth: usize,
+    sticky: bool,
 }
 
 /// Configures a [`LockTree`]: the path separator and the depth limit.
@@ -84,6 +85,7 @@ pub struct Builder {
     max_depth: usize,
     idle_nodes: usize,
     bias: Bias,
+    sticky: bool,
 }
 
 /// How many idle nodes a tree keeps for reuse unless its [`Builder`] says
@@ -159,6 +161,37 @@ impl Builder {
         self
     }
 
+    /// Whether [`Prepared`](crate::Prepared) handles keep their holds
+    /// after a guard goes, until another request needs them (default
+    /// `true`).
+    ///
+    /// An engine that locks the same table again and again through one
+    /// handle from one thread then pays one compare-and-swap on the
+    /// handle's own word to lock and one to unlock, instead of one per
+    /// level each way. The holds stay in the nodes while the handle is
+    /// idle; a request they are in the way of (an S or X on the table, an
+    /// X on the root, a `try_lock`, a timeout, a future alike) first calls
+    /// them back, releasing them for the handle, so nobody ever waits for
+    /// an idle handle: it only pays the release the handle skipped.
+    /// Introspection ([`LockTree::inspect`], [`LockTree::snapshot`]) calls
+    /// them back too, so it reports only guards that exist. With `false`,
+    /// every guard gives its holds back when it goes.
+    ///
+    /// ```
+    /// use hierlock::{Error, LockTree, Mode};
+    /// let tree = LockTree::new();
+    /// let users = tree.prepare("/db/users")?;
+    /// drop(users.lock(Mode::X)?);            // /db/users stays held, idle
+    /// let scan = tree.try_lock("/db", Mode::S)?; // called back, granted
+    /// assert_eq!(users.try_lock(Mode::X).unwrap_err(), Error::WouldBlock);
+    /// drop(scan);
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn sticky(mut self, sticky: bool) -> Self {
+        self.sticky = sticky;
+        self
+    }
+
     /// Builds the tree.
     pub fn build(self) -> LockTree {
         LockTree {
@@ -167,6 +200,7 @@ impl Builder {
             owners: Owners::default(),
             sep: self.sep,
             max_depth: self.max_depth,
+            sticky: self.sticky,
         }
     }
 }
@@ -178,6 +212,7 @@ impl Default for Builder {
             max_depth: DEFAULT_MAX_DEPTH,
             idle_nodes: DEFAULT_IDLE_NODES,
             bias: Bias::default(),
+            sticky: true,
         }
     }
 }
@@ -376,6 +411,11 @@ impl LockTree {
 
     pub(crate) fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// Whether prepared handles keep their holds (`Builder::sticky`).
+    pub(crate) fn sticky(&self) -> bool {
+        self.sticky
     }
 
     pub(crate) fn owners(&self) -> &Owners {

@@ -1,0 +1,564 @@
+//! Sticky holds: a prepared handle keeps what it locked after its guard
+//! goes, until another request needs it.
+//!
+//! An engine that locks the same table again and again from one thread
+//! takes the same intentions on the same ancestors every time, and gives
+//! them back every time: at depth 4, eight read-modify-writes on four
+//! state words per lock+unlock, which alone take about five times a bare
+//! `RwLock` write lock+unlock on the development host
+//! (`prepared/atomics_floor/d4`). Database lock managers have long avoided
+//! this by letting the next transaction of the same agent inherit the hot
+//! locks (Shore-MT's speculative lock inheritance), and distributed lock
+//! managers by letting a client cache a lock until a conflicting request
+//! calls it back (Lustre's LDLM, GPFS tokens). A sticky is that, for one
+//! [`Prepared`](crate::Prepared) handle:
+//!
+//! - when a guard taken through the handle goes, its holds (the intentions
+//!   on every ancestor and the mode on the node itself) stay in the node
+//!   words, kept by the handle's sticky, which turns *idle*;
+//! - the handle's next `lock` in the same mode, on the thread that made the
+//!   sticky, turns it *active* again with one CAS on the sticky's own word,
+//!   touching no node at all; unlocking is one CAS back to idle;
+//! - any request that would have to wait or fail for a node's holders
+//!   first *revokes* the idle stickies on that node that conflict with it
+//!   (see "Revocation"), so nobody ever waits for an idle sticky.
+//!
+//! Sticky holds are ordinary holds in the node words (or bias slots):
+//! every conflict rule, every hand-off and reclamation works on them
+//! unchanged; only who gives them back differs.
+//!
+//! # States
+//!
+//! ```text
+//!                 keep (a lock through the handle)
+//!     FREE ----------------------------------------------> ACTIVE
+//!      ^  <--- unstick, or the guard of a REVOKE'd ------  |   ^
+//!      |          sticky lets go (all released)            |   | reuse
+//!      |                                          unlock   v   |
+//!      +------------ revoke (all released) <------------- IDLE
+//! ```
+//!
+//! - `FREE`: nothing kept; the handle locks the usual way.
+//! - `IDLE`: holds kept, no guard uses them.
+//! - `ACTIVE`: holds kept, one guard uses them. Flags on it: `REVOKE`
+//!   (someone needs them: the guard gives everything back when it goes)
+//!   and `ABANDONED` (the handle is gone: the guard frees the sticky too).
+//! - `TAKEN`: whoever moved the word there has the kept holds to itself
+//!   (creating the sticky, or releasing everything); it ends in `FREE`.
+//!
+//! Only a CAS on the state moves a sticky between these, so exactly one of
+//! a revoker and a returning owner wins an idle sticky.
+//!
+//! # Revocation, and why nobody waits for an idle sticky
+//!
+//! Each node a sticky keeps has a [`Registry`] entry: the sticky and the
+//! mode it keeps there. A request that finds the node's holders in its way
+//! first does what it always did (queue, setting `WAITING`, or fail a
+//! `try_lock`); then it revokes every registered sticky whose mode
+//! conflicts with it: an idle one it takes (`IDLE -> TAKEN`) and releases,
+//! which hands the node on to the queue as any release would; an active
+//! one it flags `REVOKE`, so its guard releases everything when it goes.
+//! A failed `try_lock` that revoked something tries again.
+//!
+//! The race that matters is a sticky being made while a request queues on
+//! one of its nodes. The maker registers at every node (under the
+//! registry's mutex) and only then looks at each node's `WAITING` bit; a
+//! queued request sets `WAITING` (under the node's queue lock) and only then
+//! reads the registry (under its mutex; a registry is allocated under the
+//! queue lock, so a request that saw none queued before the allocation).
+//! Either the request sees the new entry and revokes it, or the maker sees
+//! `WAITING` and does not keep the holds: the guard gets them, as if there
+//! were no sticky. Both orders go through a mutex, so loom checks them
+//! exactly (`loom-tests`).
+//!
+//! A returning owner does not look at the queues: a request queued on a
+//! sticky's node has revoked it (or flagged it, if it was active), so the
+//! owner's CAS from `IDLE` fails and it locks the usual way, behind the
+//! queue. One owner lock can slip in between a request queueing and its
+//! revocation; that is the same as the owner having locked just before.
+//!
+//! # Who may reuse a sticky
+//!
+//! The thread that made it, so a handle shared by many threads does not
+//! bounce the sticky's word between their caches: the others lock the
+//! usual way (their intentions are compatible with the sticky's, or they
+//! revoke it). A revoke makes the next lock through the handle, on any
+//! thread, eligible to make a new one; each revoke also doubles how many
+//! locks through the handle go the usual way before the next sticky (up to
+//! 1023), so a handle whose holds keep being called back stops keeping
+//! them.
+//!
+//! # A guard or handle that goes elsewhere
+//!
+//! - A guard dropped on another thread turns the sticky idle as usual.
+//! - A guard that converts (`upgrade`, `downgrade`, `rename`) first takes
+//!   the kept holds into itself (`FREE`), and is then an ordinary guard.
+//! - A handle dropped while its sticky is idle releases the holds; while a
+//!   guard is active, it flags `REVOKE | ABANDONED` and leaves its
+//!   reference to the guard, which releases everything and frees the sticky
+//!   when it goes. A handle dropped while a revoker releases the holds
+//!   waits for it to finish (it releases into the handle's tree).
+
+use std::ptr::NonNull;
+
+use smallvec::SmallVec;
+
+use crate::guard::Held;
+use crate::node::Node;
+use crate::sync::{thread, Arc, AtomicU32, AtomicU8, AtomicUsize, Mutex, Ordering};
+use crate::table::NodeRef;
+use crate::tree::LockTree;
+use crate::Mode;
+
+/// Nothing kept.
+const FREE: u32 = 0;
+/// Holds kept, no guard uses them.
+const IDLE: u32 = 1;
+/// Holds kept, one guard uses them.
+const ACTIVE: u32 = 1 << 1;
+/// With `ACTIVE`: a request needs the holds; the guard gives them back.
+const REVOKE: u32 = 1 << 2;
+/// With `ACTIVE`: the handle is gone; the guard frees the sticky.
+const ABANDONED: u32 = 1 << 3;
+/// Someone has the kept holds to itself (making or releasing them).
+const TAKEN: u32 = 1 << 4;
+
+/// Revokes remembered: the cool-down before the next sticky is
+/// `2^strikes - 1` locks.
+const MAX_STRIKES: u32 = 10;
+
+/// The stickies that keep holds on one node, each with the mode it keeps.
+/// Allocated under the node's queue lock (see the module docs).
+#[derive(Default)]
+pub(crate) struct Registry {
+    entries: Mutex<SmallVec<[(Arc<Sticky>, Mode); 2]>>,
+    /// `entries.len()`, for a quick look without the lock (a hint only).
+    len: AtomicU32,
+}
+
+impl Registry {
+    fn add(&self, sticky: &Arc<Sticky>, mode: Mode) {
+        let mut entries = self.entries.lock();
+        entries.push((sticky.clone(), mode));
+        self.len.store(entries.len() as u32, Ordering::Relaxed);
+    }
+
+    fn remove(&self, sticky: &Sticky) {
+        let mut entries = self.entries.lock();
+        if let Some(i) = entries
+            .iter()
+            .position(|(s, _)| std::ptr::eq::<Sticky>(&**s, sticky))
+        {
+            entries.swap_remove(i);
+        }
+        self.len.store(entries.len() as u32, Ordering::Relaxed);
+    }
+
+    /// Whether any sticky may keep holds here (a hint, without the lock).
+    pub(crate) fn maybe_any(&self) -> bool {
+        self.len.load(Ordering::Relaxed) != 0
+    }
+
+    /// Revokes the stickies here whose mode conflicts with `to` (every one
+    /// for `None`). `true`: some idle one was released.
+    pub(crate) fn revoke(&self, to: Option<Mode>) -> bool {
+        let found: SmallVec<[Arc<Sticky>; 2]> = self
+            .entries
+            .lock()
+            .iter()
+            .filter(|(_, m)| to.is_none_or(|to| !m.compatible(to)))
+            .map(|(s, _)| s.clone())
+            .collect();
+        // Outside the registry's lock: releasing takes other nodes' locks.
+        let mut released = false;
+        for sticky in found {
+            released |= sticky.revoke();
+        }
+        released
+    }
+}
+
+/// One prepared handle's sticky. See the module docs.
+pub(crate) struct Sticky {
+    /// The thread that may reuse the sticky (see [`thread_id`]), 0 for any:
+    /// read by every lock through the handle, written when a sticky is made
+    /// or revoked, so on its own cache line away from `hot`.
+    owner: AtomicUsize,
+    /// The handle's tree: revokers release the holds into it. Valid while
+    /// the sticky keeps holds: the handle (which borrows or owns the tree)
+    /// waits for a revoker in `TAKEN` before it goes, and an abandoned
+    /// sticky is only released by its guard, which holds the tree.
+    tree: NonNull<LockTree>,
+    /// The handle's nodes, root first, pinned by it (and, while the sticky
+    /// keeps holds, held).
+    nodes: SmallVec<[NodeRef; 8]>,
+    hot: Hot,
+}
+
+/// What the owner touches on every lock, on a line of its own.
+#[repr(align(128))]
+struct Hot {
+    state: AtomicU32,
+    /// The mode kept on the handle's node (`Mode as u8`).
+    mode: AtomicU8,
+    /// Locks left before the next sticky may be made (see the module docs).
+    cooldown: AtomicU32,
+    strikes: AtomicU32,
+    /// The kept holds: only touched by whoever moved `state` to `TAKEN`.
+    held: Mutex<Held>,
+}
+
+// SAFETY: `tree` points to a `LockTree` (which is `Sync`) and is only
+// dereferenced under the rules in its doc; `NodeRef`s are `Send + Sync`.
+unsafe impl Send for Sticky {}
+// SAFETY: as above; every field shared between threads is an atomic or
+// behind a mutex.
+unsafe impl Sync for Sticky {}
+
+impl Sticky {
+    /// A free sticky for a handle on `nodes` of `tree`; with `enabled`
+    /// false it never keeps anything.
+    pub(crate) fn new(tree: &LockTree, nodes: &[NodeRef], enabled: bool) -> Arc<Sticky> {
+        Arc::new(Sticky {
+            owner: AtomicUsize::new(0),
+            tree: NonNull::from(tree),
+            nodes: nodes.iter().copied().collect(),
+            hot: Hot {
+                state: AtomicU32::new(FREE),
+                mode: AtomicU8::new(Mode::X as u8),
+                cooldown: AtomicU32::new(if enabled { 0 } else { u32::MAX }),
+                strikes: AtomicU32::new(0),
+                held: Mutex::new(Held::new()),
+            },
+        })
+    }
+
+    /// The mode kept on `level` for a lock of `mode` on the handle's node.
+    fn mode_at(&self, level: usize, mode: Mode) -> Mode {
+        if level + 1 == self.nodes.len() {
+            mode
+        } else {
+            mode.intention()
+        }
+    }
+
+    /// The owner's quick path: turns an idle sticky kept in `mode` active.
+    /// `true`: the caller holds the path through the sticky.
+    #[inline(always)]
+    pub(crate) fn reuse(&self, mode: Mode) -> bool {
+        if self.owner.load(Ordering::Relaxed) != thread_id() {
+            return false;
+        }
+        let hot = &self.hot;
+        if hot.mode.load(Ordering::Relaxed) != mode as u8 {
+            return self.reuse_other(mode);
+        }
+        if hot
+            .state
+            .compare_exchange(IDLE, ACTIVE, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        // Kept in `mode` when it went idle (the mode only changes while
+        // `TAKEN`, and the CAS's Acquire sees the change).
+        if hot.mode.load(Ordering::Relaxed) == mode as u8 {
+            return true;
+        }
+        // Revoked and made again in another mode since the first look.
+        Sticky::unlock(NonNull::from(self), self.tree());
+        false
+    }
+
+    /// The owner asks for another mode than the one kept: gives an idle
+    /// sticky back (no strike: nobody else needed it), so the usual path
+    /// does not find it in the way, and makes a new one on the way out.
+    #[cold]
+    fn reuse_other(&self, _mode: Mode) -> bool {
+        if self
+            .hot
+            .state
+            .compare_exchange(IDLE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.release_taken();
+            self.hot.state.store(FREE, Ordering::Release);
+        }
+        false
+    }
+
+    /// # Safety-relevant contract
+    ///
+    /// The tree; only called while the sticky keeps holds or by a caller
+    /// that borrows the handle (see `tree`'s doc).
+    fn tree(&self) -> &LockTree {
+        // SAFETY: see the field's doc: the callers run while the tree is
+        // alive.
+        unsafe { self.tree.as_ref() }
+    }
+
+    /// After a lock through the handle took `held` (its whole path, in
+    /// `mode`) the usual way: keeps the holds in the sticky if it may, and
+    /// returns what the guard gets (`held` itself, or a sticky hold).
+    #[inline]
+    pub(crate) fn keep(this: &Arc<Sticky>, held: Held, mode: Mode) -> Held {
+        let owner = this.owner.load(Ordering::Relaxed);
+        if owner != 0 && owner != thread_id() {
+            return held;
+        }
+        Sticky::make(this, held, mode)
+    }
+
+    #[inline(never)]
+    fn make(this: &Arc<Sticky>, held: Held, mode: Mode) -> Held {
+        let hot = &this.hot;
+        let cooldown = hot.cooldown.load(Ordering::Relaxed);
+        if cooldown != 0 {
+            if cooldown != u32::MAX {
+                hot.cooldown.store(cooldown - 1, Ordering::Relaxed);
+            }
+            return held;
+        }
+        if hot
+            .state
+            .compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return held; // kept already (by a guard of this handle)
+        }
+        this.owner.store(thread_id(), Ordering::Relaxed);
+        hot.mode.store(mode as u8, Ordering::Relaxed);
+        *hot.held.lock() = held;
+        // Active before it is registered: a revoker that finds it flags it.
+        hot.state.store(ACTIVE, Ordering::Release);
+        for (level, node) in this.nodes.iter().enumerate() {
+            // SAFETY: pinned by the handle (or the root), held.
+            let n = unsafe { node.get() };
+            n.registry_or_init().add(this, this.mode_at(level, mode));
+        }
+        // Registered, then look for waiters (see the module docs).
+        // SAFETY: as above.
+        let waited = this
+            .nodes
+            .iter()
+            .any(|node| unsafe { node.get() }.state.load().is_waiting());
+        if waited {
+            // Somebody queued before it could see the sticky: the guard
+            // keeps the holds, and hands the nodes on when it goes.
+            let seen = this.take_active();
+            debug_assert_eq!(seen & ABANDONED, 0, "the handle is borrowed");
+            let held = this.unregister_take();
+            hot.state.store(FREE, Ordering::Release);
+            return held;
+        }
+        Held::stuck(NonNull::from(&**this))
+    }
+
+    /// Moves an active sticky (whatever its flags) to `TAKEN`; only its
+    /// guard (or its maker) calls this. Returns the state it left.
+    fn take_active(&self) -> u32 {
+        let mut s = self.hot.state.load(Ordering::Relaxed);
+        loop {
+            debug_assert!(s & ACTIVE != 0, "only the guard of an active sticky takes it");
+            match self
+                .hot
+                .state
+                .compare_exchange(s, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return s,
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Unregisters and takes the kept holds out (state `TAKEN`). While the
+    /// holds are still held, so the nodes are alive.
+    fn unregister_take(&self) -> Held {
+        for node in &self.nodes {
+            // SAFETY: held (by the kept holds) until released after this.
+            if let Some(r) = unsafe { node.get() }.registry() {
+                r.remove(self);
+            }
+        }
+        std::mem::replace(&mut *self.hot.held.lock(), Held::new())
+    }
+
+    /// Unregisters and releases the kept holds (state `TAKEN`).
+    fn release_taken(&self) {
+        let mut held = self.unregister_take();
+        held.release(self.tree());
+    }
+
+    /// The guard of an active sticky is done with it: back to idle, or, if
+    /// someone asked for the holds or the handle is gone, everything
+    /// released (and the sticky freed with the handle gone).
+    #[inline]
+    pub(crate) fn unlock(this: NonNull<Sticky>, tree: &LockTree) {
+        // SAFETY: the guard's sticky lives while it is active (the handle's
+        // reference, or, abandoned, the one it left to the guard).
+        let s = unsafe { this.as_ref() };
+        if s.hot
+            .state
+            .compare_exchange(ACTIVE, IDLE, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            Sticky::finish(this, tree);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn finish(this: NonNull<Sticky>, tree: &LockTree) {
+        let mut held = Sticky::unstick(this, true);
+        held.release(tree);
+    }
+
+    /// Takes an active sticky's holds out for its guard, which then holds
+    /// them itself (`strike`: a revoker asked for them). Frees an abandoned
+    /// sticky.
+    pub(crate) fn unstick(this: NonNull<Sticky>, strike: bool) -> Held {
+        let seen;
+        let held;
+        {
+            // SAFETY: as in `unlock`; the reference ends before the free.
+            let s = unsafe { this.as_ref() };
+            seen = s.take_active();
+            if strike && seen & REVOKE != 0 {
+                s.strike();
+            }
+            held = s.unregister_take();
+            s.hot.state.store(FREE, Ordering::Release);
+        }
+        if seen & ABANDONED != 0 {
+            // SAFETY: the handle left this reference (`Arc::into_raw` in
+            // `drop_handle`) for the guard of the active sticky, which is
+            // the caller; nothing of the sticky is used after this.
+            drop(unsafe { Arc::from_raw(this.as_ptr().cast_const()) });
+        }
+        held
+    }
+
+    /// Counts a revoke: a longer cool-down before the next sticky, and any
+    /// thread may make it.
+    fn strike(&self) {
+        let hot = &self.hot;
+        if hot.cooldown.load(Ordering::Relaxed) == u32::MAX {
+            return;
+        }
+        let strikes = (hot.strikes.load(Ordering::Relaxed) + 1).min(MAX_STRIKES);
+        hot.strikes.store(strikes, Ordering::Relaxed);
+        hot.cooldown.store((1 << strikes) - 1, Ordering::Relaxed);
+        self.owner.store(0, Ordering::Relaxed);
+    }
+
+    /// A request needs the holds: releases them if idle (`true`), flags an
+    /// active sticky so its guard does. Never blocks.
+    fn revoke(&self) -> bool {
+        let state = &self.hot.state;
+        let mut s = state.load(Ordering::Relaxed);
+        loop {
+            let next = if s == IDLE {
+                TAKEN
+            } else if s & ACTIVE != 0 && s & REVOKE == 0 {
+                s | REVOKE
+            } else {
+                return false; // free, being released, or flagged already
+            };
+            match state.compare_exchange(s, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) if next == TAKEN => break,
+                Ok(_) => return false,
+                Err(now) => s = now,
+            }
+        }
+        self.strike();
+        self.release_taken();
+        state.store(FREE, Ordering::Release);
+        true
+    }
+
+    /// The handle goes: releases idle holds, or leaves the guard of an
+    /// active sticky its own reference to free it with. Waits for a revoker
+    /// that is releasing the holds, which needs the tree.
+    pub(crate) fn drop_handle(this: &Arc<Sticky>) {
+        let state = &this.hot.state;
+        let mut s = state.load(Ordering::Acquire);
+        loop {
+            if s == FREE {
+                return;
+            }
+            if s == TAKEN {
+                // A revoker's release, or a guard's: neither waits on
+                // anything, so this ends soon.
+                thread::yield_now();
+                s = state.load(Ordering::Acquire);
+                continue;
+            }
+            let next = if s == IDLE {
+                TAKEN
+            } else {
+                s | REVOKE | ABANDONED
+            };
+            match state.compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if next == TAKEN => {
+                    this.release_taken();
+                    state.store(FREE, Ordering::Release);
+                    return;
+                }
+                Ok(_) => {
+                    // Freed by the guard (`unstick`).
+                    let _ = Arc::into_raw(Arc::clone(this));
+                    return;
+                }
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// The mode an active sticky keeps on the handle's node.
+    pub(crate) fn mode(&self) -> Mode {
+        let m = self.hot.mode.load(Ordering::Relaxed);
+        *Mode::ALL
+            .iter()
+            .find(|x| **x as u8 == m)
+            .unwrap_or(&Mode::X)
+    }
+
+    /// The handle's node.
+    pub(crate) fn leaf(&self) -> NodeRef {
+        *self.nodes.last().expect("the root is always there")
+    }
+}
+
+impl Node {
+    /// Revokes the stickies on this node whose mode conflicts with `to`
+    /// (all of them for `None`) after a request found the holders in its
+    /// way. `true`: some idle one was released, so the request may retry.
+    #[inline]
+    pub(crate) fn revoke_sticky(&self, to: Option<Mode>) -> bool {
+        // Always under the registry's lock once there is one: the hint
+        // read without it could miss a sticky made while this request
+        // queued (see the module docs).
+        self.registry().is_some_and(|r| r.revoke(to))
+    }
+}
+
+/// The calling thread, as a non-zero number unique among live threads.
+#[cfg(not(loom))]
+#[inline(always)]
+fn thread_id() -> usize {
+    std::thread_local! {
+        static ME: u8 = const { 0 };
+    }
+    ME.with(|me| std::ptr::from_ref(me).addr())
+}
+
+/// Under loom: the model thread's number, plus one.
+#[cfg(loom)]
+fn thread_id() -> usize {
+    let id = format!("{:?}", loom::thread::current().id());
+    id.chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse::<usize>()
+        .map_or(usize::MAX, |n| n + 1)
+}

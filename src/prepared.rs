@@ -395,6 +395,12 @@ impl<'t> Prepared<'t> {
     fn tree_ref(&self) -> &'t LockTree {
         self.0.tree
     }
+
+    /// The handle's sticky, for white-box tests.
+    #[cfg(test)]
+    pub(crate) fn sticky(&self) -> &Arc<Sticky> {
+        &self.0.sticky
+    }
 }
 
 impl OwnedPrepared {

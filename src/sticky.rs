@@ -127,13 +127,25 @@ const TAKEN: u32 = 1 << 4;
 /// `2^strikes - 1` locks.
 const MAX_STRIKES: u32 = 10;
 
+/// A sticky reused this many times before its revoke paid for itself:
+/// the revoke forgets earlier strikes.
+const PAID_OFF: u32 = 64;
+
 /// The stickies that keep holds on one node, each with the mode it keeps.
 /// Allocated under the node's queue lock (see the module docs).
-#[derive(Default)]
 pub(crate) struct Registry {
     entries: Mutex<SmallVec<[(Arc<Sticky>, Mode); 2]>>,
     /// `entries.len()`, for a quick look without the lock (a hint only).
     len: AtomicU32,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            entries: Mutex::new(SmallVec::new()),
+            len: AtomicU32::new(0),
+        }
+    }
 }
 
 impl Registry {
@@ -204,6 +216,9 @@ struct Hot {
     /// Locks left before the next sticky may be made (see the module docs).
     cooldown: AtomicU32,
     strikes: AtomicU32,
+    /// Reuses since the sticky was made (a plain load and store by the
+    /// owner: only a hint for `strike`).
+    uses: AtomicU32,
     /// The kept holds: only touched by whoever moved `state` to `TAKEN`.
     held: Mutex<Held>,
 }
@@ -228,6 +243,7 @@ impl Sticky {
                 mode: AtomicU8::new(Mode::X as u8),
                 cooldown: AtomicU32::new(if enabled { 0 } else { u32::MAX }),
                 strikes: AtomicU32::new(0),
+                uses: AtomicU32::new(0),
                 held: Mutex::new(Held::new()),
             },
         })
@@ -263,6 +279,8 @@ impl Sticky {
         // Kept in `mode` when it went idle (the mode only changes while
         // `TAKEN`, and the CAS's Acquire sees the change).
         if hot.mode.load(Ordering::Relaxed) == mode as u8 {
+            let uses = hot.uses.load(Ordering::Relaxed);
+            hot.uses.store(uses.saturating_add(1), Ordering::Relaxed);
             return true;
         }
         // Revoked and made again in another mode since the first look.
@@ -319,6 +337,13 @@ impl Sticky {
             }
             return held;
         }
+        // SAFETY: pinned by the handle (or the root), held.
+        let waiting = |node: &NodeRef| unsafe { node.get() }.state.load().is_waiting();
+        if this.nodes.iter().any(waiting) {
+            // It would be revoked at once; the check below is the one that
+            // counts, this one only spares the registering.
+            return held;
+        }
         if hot
             .state
             .compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
@@ -327,6 +352,7 @@ impl Sticky {
             return held; // kept already (by a guard of this handle)
         }
         this.owner.store(thread_id(), Ordering::Relaxed);
+        hot.uses.store(0, Ordering::Relaxed);
         hot.mode.store(mode as u8, Ordering::Relaxed);
         *hot.held.lock() = held;
         // Active before it is registered: a revoker that finds it flags it.
@@ -337,12 +363,7 @@ impl Sticky {
             n.registry_or_init().add(this, this.mode_at(level, mode));
         }
         // Registered, then look for waiters (see the module docs).
-        // SAFETY: as above.
-        let waited = this
-            .nodes
-            .iter()
-            .any(|node| unsafe { node.get() }.state.load().is_waiting());
-        if waited {
+        if this.nodes.iter().any(waiting) {
             // Somebody queued before it could see the sticky: the guard
             // keeps the holds, and hands the nodes on when it goes.
             let seen = this.take_active();
@@ -438,14 +459,20 @@ impl Sticky {
         held
     }
 
-    /// Counts a revoke: a longer cool-down before the next sticky, and any
-    /// thread may make it.
+    /// Counts a revoke: a longer cool-down before the next sticky (unless
+    /// this one was reused enough to pay for its revoke), and any thread
+    /// may make it.
     fn strike(&self) {
         let hot = &self.hot;
         if hot.cooldown.load(Ordering::Relaxed) == u32::MAX {
             return;
         }
-        let strikes = (hot.strikes.load(Ordering::Relaxed) + 1).min(MAX_STRIKES);
+        let before = if hot.uses.load(Ordering::Relaxed) >= PAID_OFF {
+            0
+        } else {
+            hot.strikes.load(Ordering::Relaxed)
+        };
+        let strikes = (before + 1).min(MAX_STRIKES);
         hot.strikes.store(strikes, Ordering::Relaxed);
         hot.cooldown.store((1 << strikes) - 1, Ordering::Relaxed);
         self.owner.store(0, Ordering::Relaxed);
@@ -561,4 +588,118 @@ fn thread_id() -> usize {
         .collect::<String>()
         .parse::<usize>()
         .map_or(usize::MAX, |n| n + 1)
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::sync::Arc as StdArc;
+    use std::thread;
+
+    use super::*;
+    use crate::{Error, LockTree};
+
+    fn state(tree: &crate::Prepared<'_>) -> u32 {
+        tree.sticky().hot.state.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_handle_keeps_reuses_and_loses_its_holds() {
+        let tree = LockTree::new();
+        let h = tree.prepare("/a/b").unwrap();
+        assert_eq!(state(&h), FREE);
+        let g = h.lock(Mode::X).unwrap();
+        assert_eq!(state(&h), ACTIVE, "made on the first lock");
+        drop(g);
+        assert_eq!(state(&h), IDLE, "kept after the guard");
+        let g = h.lock(Mode::X).unwrap();
+        assert_eq!(state(&h), ACTIVE, "reused");
+        drop(g);
+        // A conflicting request calls it back: released, one strike.
+        drop(tree.try_lock("/a", Mode::S).unwrap());
+        assert_eq!(state(&h), FREE);
+        assert_eq!(h.sticky().hot.cooldown.load(Ordering::SeqCst), 1);
+        drop(h.lock(Mode::X).unwrap());
+        assert_eq!(state(&h), FREE, "one lock of cool-down");
+        drop(h.lock(Mode::X).unwrap());
+        assert_eq!(state(&h), IDLE, "kept again");
+        // Another mode through the handle: given back, kept in the new one.
+        let g = h.lock(Mode::S).unwrap();
+        assert_eq!(state(&h), ACTIVE);
+        assert_eq!(h.sticky().mode(), Mode::S);
+        assert_eq!(tree.try_lock("/a/b", Mode::IX).unwrap_err(), Error::WouldBlock);
+        drop(g);
+        drop(h);
+        assert_eq!(tree.node_count(), 0);
+    }
+
+    #[test]
+    fn a_request_for_an_active_sticky_flags_it_and_the_guard_gives_back() {
+        let tree = LockTree::new();
+        let h = tree.prepare("/a").unwrap();
+        drop(h.lock(Mode::X).unwrap());
+        let g = h.lock(Mode::X).unwrap();
+        assert_eq!(tree.try_lock("/", Mode::S).unwrap_err(), Error::WouldBlock);
+        assert_eq!(state(&h), ACTIVE | REVOKE);
+        drop(g);
+        assert_eq!(state(&h), FREE);
+        assert!(tree.try_lock("/", Mode::X).is_ok());
+    }
+
+    #[test]
+    fn no_sticky_when_turned_off() {
+        let tree = LockTree::builder().sticky(false).build();
+        let h = tree.prepare("/a/b").unwrap();
+        for _ in 0..3 {
+            drop(h.lock(Mode::X).unwrap());
+            assert_eq!(state(&h), FREE);
+        }
+    }
+
+    #[test]
+    fn no_sticky_on_a_node_somebody_waits_on() {
+        let tree = StdArc::new(LockTree::new());
+        let reader = tree.lock("/a/b", Mode::S).unwrap();
+        let t = tree.clone();
+        let w = thread::spawn(move || drop(t.lock("/a/b", Mode::IX).unwrap()));
+        while !tree.inspect("/a/b").unwrap().waiting.iter().any(|w| w.mode == Mode::IX) {
+            thread::yield_now();
+        }
+        let h = tree.prepare("/a/b").unwrap();
+        // IS is compatible with the S holder and the queued IX: granted,
+        // but /a/b has a waiter, so the holds are not kept.
+        let g = h.lock(Mode::IS).unwrap();
+        assert_eq!(state(&h), FREE);
+        drop((g, reader));
+        w.join().unwrap();
+    }
+
+    #[test]
+    fn a_handle_dropped_under_its_guard_leaves_the_guard_to_free_it() {
+        let tree = LockTree::new();
+        let h = tree.prepare("/a/b").unwrap();
+        drop(h.lock(Mode::X).unwrap());
+        let g = h.lock(Mode::X).unwrap();
+        let weak = StdArc::downgrade(h.sticky());
+        drop(h);
+        let sticky = weak.upgrade().expect("kept for the guard");
+        assert_eq!(sticky.hot.state.load(Ordering::SeqCst), ACTIVE | REVOKE | ABANDONED);
+        drop(sticky);
+        assert_eq!(tree.try_lock("/a", Mode::S).unwrap_err(), Error::WouldBlock);
+        drop(g);
+        assert!(weak.upgrade().is_none(), "freed by the guard");
+        assert_eq!(tree.node_count(), 0);
+    }
+
+    #[test]
+    fn a_converted_guard_takes_the_holds_out() {
+        let tree = LockTree::new();
+        let h = tree.prepare("/a/b").unwrap();
+        drop(h.lock(Mode::S).unwrap());
+        let mut g = h.lock(Mode::S).unwrap();
+        g.upgrade(Mode::X).unwrap();
+        assert_eq!(state(&h), FREE);
+        assert_eq!(tree.try_lock("/a", Mode::S).unwrap_err(), Error::WouldBlock);
+        drop(g);
+        assert!(tree.try_lock("/", Mode::X).is_ok());
+    }
 }

@@ -115,8 +115,8 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     /// path in `mode` since its last guard, one CAS takes it back.
     #[inline(always)]
     fn acquire(&self, mode: Mode, wait: Wait) -> Result<Held, Error> {
-        if self.sticky.reuse(mode) {
-            return Ok(Held::stuck(std::ptr::NonNull::from(&*self.sticky)));
+        if Sticky::reuse(&self.sticky, mode) {
+            return Ok(Held::stuck(Sticky::ptr(&self.sticky)));
         }
         let mut held = Held::with_windows();
         let from = self.acquire_quick(&mut held, mode);

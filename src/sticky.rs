@@ -96,8 +96,10 @@
 //! - A handle dropped while its sticky is idle releases the holds; while a
 //!   guard is active, it flags `REVOKE | ABANDONED` and leaves its
 //!   reference to the guard, which releases everything and frees the sticky
-//!   when it goes. A handle dropped while a revoker releases the holds
-//!   waits for it to finish (it releases into the handle's tree).
+//!   when it goes. While someone else has it `TAKEN` (a revoker, or a guard
+//!   giving everything back), the handle leaves it to them: each holds a
+//!   reference of its own for the episode, and a revoker is a request on
+//!   the same tree, so the tree outlives its release.
 
 use std::ptr::NonNull;
 
@@ -105,7 +107,7 @@ use smallvec::SmallVec;
 
 use crate::guard::Held;
 use crate::node::Node;
-use crate::sync::{thread, Arc, AtomicU32, AtomicU8, AtomicUsize, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicU8, AtomicUsize, Mutex, Ordering};
 use crate::table::NodeRef;
 use crate::tree::LockTree;
 use crate::Mode;
@@ -196,10 +198,11 @@ pub(crate) struct Sticky {
     /// read by every lock through the handle, written when a sticky is made
     /// or revoked, so on its own cache line away from `hot`.
     owner: AtomicUsize,
-    /// The handle's tree: revokers release the holds into it. Valid while
-    /// the sticky keeps holds: the handle (which borrows or owns the tree)
-    /// waits for a revoker in `TAKEN` before it goes, and an abandoned
-    /// sticky is only released by its guard, which holds the tree.
+    /// The handle's tree: a revoker releases the kept holds into it. Only
+    /// used by the handle's own methods (which borrow or own the tree) and
+    /// by revokers, which are requests on the same tree (the sticky is
+    /// registered in its nodes), so it is alive whenever used; a guard
+    /// releases into the tree it holds.
     tree: NonNull<LockTree>,
     /// The handle's nodes, root first, pinned by it (and, while the sticky
     /// keeps holds, held).
@@ -261,13 +264,13 @@ impl Sticky {
     /// The owner's quick path: turns an idle sticky kept in `mode` active.
     /// `true`: the caller holds the path through the sticky.
     #[inline(always)]
-    pub(crate) fn reuse(&self, mode: Mode) -> bool {
-        if self.owner.load(Ordering::Relaxed) != thread_id() {
+    pub(crate) fn reuse(this: &Arc<Sticky>, mode: Mode) -> bool {
+        if this.owner.load(Ordering::Relaxed) != thread_id() {
             return false;
         }
-        let hot = &self.hot;
+        let hot = &this.hot;
         if hot.mode.load(Ordering::Relaxed) != mode as u8 {
-            return self.reuse_other(mode);
+            return this.reuse_other();
         }
         if hot
             .state
@@ -284,15 +287,22 @@ impl Sticky {
             return true;
         }
         // Revoked and made again in another mode since the first look.
-        Sticky::unlock(NonNull::from(self), self.tree());
+        Sticky::unlock(Sticky::ptr(this), this.tree());
         false
+    }
+
+    /// The pointer a guard keeps (with the `Arc`'s provenance, for
+    /// `Arc::from_raw`).
+    #[inline(always)]
+    pub(crate) fn ptr(this: &Arc<Sticky>) -> NonNull<Sticky> {
+        NonNull::new(Arc::as_ptr(this).cast_mut()).expect("an Arc is never null")
     }
 
     /// The owner asks for another mode than the one kept: gives an idle
     /// sticky back (no strike: nobody else needed it), so the usual path
     /// does not find it in the way, and makes a new one on the way out.
     #[cold]
-    fn reuse_other(&self, _mode: Mode) -> bool {
+    fn reuse_other(&self) -> bool {
         if self
             .hot
             .state
@@ -305,10 +315,7 @@ impl Sticky {
         false
     }
 
-    /// # Safety-relevant contract
-    ///
-    /// The tree; only called while the sticky keeps holds or by a caller
-    /// that borrows the handle (see `tree`'s doc).
+    /// The handle's tree (see the field's doc for why it is alive).
     fn tree(&self) -> &LockTree {
         // SAFETY: see the field's doc: the callers run while the tree is
         // alive.
@@ -372,7 +379,7 @@ impl Sticky {
             hot.state.store(FREE, Ordering::Release);
             return held;
         }
-        Held::stuck(NonNull::from(&**this))
+        Held::stuck(Sticky::ptr(this))
     }
 
     /// Moves an active sticky (whatever its flags) to `TAKEN`; only its
@@ -438,22 +445,24 @@ impl Sticky {
     /// them itself (`strike`: a revoker asked for them). Frees an abandoned
     /// sticky.
     pub(crate) fn unstick(this: NonNull<Sticky>, strike: bool) -> Held {
-        let seen;
-        let held;
-        {
-            // SAFETY: as in `unlock`; the reference ends before the free.
-            let s = unsafe { this.as_ref() };
-            seen = s.take_active();
-            if strike && seen & REVOKE != 0 {
-                s.strike();
-            }
-            held = s.unregister_take();
-            s.hot.state.store(FREE, Ordering::Release);
+        // A reference of its own for the episode: once the state leaves
+        // `ACTIVE`, the handle's drop no longer waits for this guard.
+        // SAFETY: the guard's sticky is alive while it is active (the
+        // handle's reference, or, abandoned, the one it left to the guard),
+        // and `this` came from an `Arc`.
+        let s = unsafe {
+            Arc::increment_strong_count(this.as_ptr().cast_const());
+            Arc::from_raw(this.as_ptr().cast_const())
+        };
+        let seen = s.take_active();
+        if strike && seen & REVOKE != 0 {
+            s.strike();
         }
+        let held = s.unregister_take();
+        s.hot.state.store(FREE, Ordering::Release);
         if seen & ABANDONED != 0 {
             // SAFETY: the handle left this reference (`Arc::into_raw` in
-            // `drop_handle`) for the guard of the active sticky, which is
-            // the caller; nothing of the sticky is used after this.
+            // `drop_handle`) to the guard of the active sticky: the caller.
             drop(unsafe { Arc::from_raw(this.as_ptr().cast_const()) });
         }
         held
@@ -504,26 +513,16 @@ impl Sticky {
     }
 
     /// The handle goes: releases idle holds, or leaves the guard of an
-    /// active sticky its own reference to free it with. Waits for a revoker
-    /// that is releasing the holds, which needs the tree.
+    /// active sticky its own reference to free it with. A sticky someone
+    /// else has `TAKEN` is theirs to finish (they hold a reference).
     pub(crate) fn drop_handle(this: &Arc<Sticky>) {
         let state = &this.hot.state;
         let mut s = state.load(Ordering::Acquire);
         loop {
-            if s == FREE {
-                return;
-            }
-            if s == TAKEN {
-                // A revoker's release, or a guard's: neither waits on
-                // anything, so this ends soon.
-                thread::yield_now();
-                s = state.load(Ordering::Acquire);
-                continue;
-            }
-            let next = if s == IDLE {
-                TAKEN
-            } else {
-                s | REVOKE | ABANDONED
+            let next = match s {
+                FREE | TAKEN => return,
+                IDLE => TAKEN,
+                _ => s | REVOKE | ABANDONED,
             };
             match state.compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) if next == TAKEN => {

@@ -725,3 +725,101 @@ fn activation_racing_with_a_slot_hold_released_elsewhere() {
         assert_eq!(tree.node_count(), 0);
     });
 }
+
+/// A prepared handle on `/a` keeps its X after its first guard (sticky,
+/// idle) and takes it back with one CAS, while another thread's `try_lock`
+/// of S on the root finds the handle's IX in its way and calls the sticky
+/// back. The two never overlap, and once both are done nothing is held:
+/// an X on the root is granted at once.
+///
+/// Catches: a revoke that does not give the kept holds back (mutant
+/// `sticky-revoke-keeps-holds`: the root stays held, the final `try_lock`
+/// fails), a `try_lock` that fails for an idle handle.
+#[test]
+fn sticky_reuse_racing_with_a_conflicting_try_lock() {
+    model(|| {
+        let tree = Arc::new(tree());
+        let res = Arc::new(Resource::new());
+        let h = tree.prepare_owned("/a").unwrap();
+        drop(h.lock(Mode::X).unwrap());
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                if let Ok(g) = tree.try_lock("/", Mode::S) {
+                    res.read();
+                    drop(g);
+                }
+            })
+        };
+        let g = h.lock(Mode::X).unwrap();
+        res.write();
+        drop(g);
+        t.join().unwrap();
+        assert!(tree.try_lock("/", Mode::X).is_ok(), "an idle handle kept the root");
+        drop(h);
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// The race the registry's locks settle (`sticky.rs`): the handle's first
+/// lock makes its sticky while another thread queues S on `/a` behind it.
+/// Either the queued request sees the sticky and calls it back, or the
+/// maker sees `WAITING` and does not keep the holds; either way the
+/// request is granted while the handle lives on idle (the main thread
+/// joins it before dropping the handle, so a request left waiting for an
+/// idle handle is a deadlock loom reports).
+///
+/// Catches: a maker that does not look for waiters after registering
+/// (mutant `sticky-make-ignores-waiters`), a queued request that does not
+/// revoke (mutant `sticky-queued-request-skips-revoke`).
+#[test]
+fn sticky_made_while_a_request_queues() {
+    model(|| {
+        let tree = Arc::new(tree());
+        let res = Arc::new(Resource::new());
+        let h = tree.prepare_owned("/a/b").unwrap();
+        let t = {
+            let (tree, res) = (tree.clone(), res.clone());
+            thread::spawn(move || {
+                let g = tree.lock("/a", Mode::S).unwrap();
+                res.read();
+                drop(g);
+            })
+        };
+        let g = h.lock(Mode::X).unwrap();
+        res.write();
+        drop(g);
+        t.join().unwrap();
+        drop(h);
+        assert_eq!(tree.node_count(), 0);
+    });
+}
+
+/// An idle sticky is called back by a `try_lock` of X on `/a` while the
+/// handle is dropped: exactly one of them releases the kept holds (the
+/// other sees it taken, or waits for the release), nothing is released
+/// twice, and in the end nothing is held and no node is live.
+///
+/// Catches: a handle drop that does not wait for a revoker's release
+/// (mutant `sticky-drop-ignores-taken`: the kept holds are released twice
+/// or the handle's nodes are unpinned under the revoker).
+#[test]
+fn sticky_revoked_while_its_handle_drops() {
+    model(|| {
+        let tree = Arc::new(tree());
+        let h = tree.prepare_owned("/a").unwrap();
+        drop(h.lock(Mode::S).unwrap());
+        let t = {
+            let tree = tree.clone();
+            thread::spawn(move || {
+                if let Ok(g) = tree.try_lock("/a", Mode::X) {
+                    drop(g);
+                }
+            })
+        };
+        drop(h);
+        t.join().unwrap();
+        assert!(tree.try_lock("/", Mode::X).is_ok());
+        assert_eq!(tree.node_count(), 0);
+    });
+}

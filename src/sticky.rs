@@ -387,7 +387,10 @@ impl Sticky {
     fn take_active(&self) -> u32 {
         let mut s = self.hot.state.load(Ordering::Relaxed);
         loop {
-            debug_assert!(s & ACTIVE != 0, "only the guard of an active sticky takes it");
+            debug_assert!(
+                s & ACTIVE != 0,
+                "only the guard of an active sticky takes it"
+            );
             match self
                 .hot
                 .state
@@ -625,7 +628,10 @@ mod tests {
         let g = h.lock(Mode::S).unwrap();
         assert_eq!(state(&h), ACTIVE);
         assert_eq!(h.sticky().mode(), Mode::S);
-        assert_eq!(tree.try_lock("/a/b", Mode::IX).unwrap_err(), Error::WouldBlock);
+        assert_eq!(
+            tree.try_lock("/a/b", Mode::IX).unwrap_err(),
+            Error::WouldBlock
+        );
         drop(g);
         drop(h);
         assert_eq!(tree.node_count(), 0);
@@ -660,7 +666,13 @@ mod tests {
         let reader = tree.lock("/a/b", Mode::S).unwrap();
         let t = tree.clone();
         let w = thread::spawn(move || drop(t.lock("/a/b", Mode::IX).unwrap()));
-        while !tree.inspect("/a/b").unwrap().waiting.iter().any(|w| w.mode == Mode::IX) {
+        while !tree
+            .inspect("/a/b")
+            .unwrap()
+            .waiting
+            .iter()
+            .any(|w| w.mode == Mode::IX)
+        {
             thread::yield_now();
         }
         let h = tree.prepare("/a/b").unwrap();
@@ -681,7 +693,10 @@ mod tests {
         let weak = StdArc::downgrade(h.sticky());
         drop(h);
         let sticky = weak.upgrade().expect("kept for the guard");
-        assert_eq!(sticky.hot.state.load(Ordering::SeqCst), ACTIVE | REVOKE | ABANDONED);
+        assert_eq!(
+            sticky.hot.state.load(Ordering::SeqCst),
+            ACTIVE | REVOKE | ABANDONED
+        );
         drop(sticky);
         assert_eq!(tree.try_lock("/a", Mode::S).unwrap_err(), Error::WouldBlock);
         drop(g);

@@ -41,7 +41,8 @@ fn an_idle_handle_is_in_nobodys_way() {
                 // while that request holds.
                 let g = tree.lock(path, req).unwrap();
                 let conflict_on_b = path == "/a/b" && !compatible(req, kept);
-                let conflict_above = matches!(path, "/" | "/a") && !compatible(req, intention(kept));
+                let conflict_above =
+                    matches!(path, "/" | "/a") && !compatible(req, intention(kept));
                 let conflict_below = path == "/a/b/c" && !compatible(intention(req), kept);
                 let expect = !(conflict_on_b || conflict_above || conflict_below);
                 assert_eq!(
@@ -175,7 +176,10 @@ fn a_handles_guard_converts_like_any_other() {
     assert!(granted(&tree, "/db", Mode::IS));
     g.upgrade(Mode::X).unwrap();
     assert_eq!(g.mode(), Mode::X);
-    assert!(!granted(&tree, "/db", Mode::S), "IX on /db after the upgrade");
+    assert!(
+        !granted(&tree, "/db", Mode::S),
+        "IX on /db after the upgrade"
+    );
     assert!(!granted(&tree, "/db/t", Mode::IS));
     g.downgrade(Mode::IS).unwrap();
     assert!(granted(&tree, "/db/t", Mode::IX));
@@ -276,7 +280,9 @@ fn exclusion_holds_with_handles_shared_and_called_back() {
             threads.push(thread::spawn(move || {
                 for i in 0..20_000 {
                     let g = if i % 7 == 0 {
-                        shared.lock_timeout(Mode::X, Duration::from_secs(20)).unwrap()
+                        shared
+                            .lock_timeout(Mode::X, Duration::from_secs(20))
+                            .unwrap()
                     } else {
                         shared.lock(Mode::X).unwrap()
                     };

@@ -795,31 +795,29 @@ fn sticky_made_while_a_request_queues() {
     });
 }
 
-/// An idle sticky is called back by a `try_lock` of X on `/a` while the
-/// handle is dropped: exactly one of them releases the kept holds (the
-/// other sees it taken, or waits for the release), nothing is released
-/// twice, and in the end nothing is held and no node is live.
+/// A handle's guard (through its sticky) is dropped on another thread
+/// while the handle itself is dropped: if the guard goes first the handle
+/// releases the idle holds; if the handle goes first it leaves the guard a
+/// reference, and the guard releases everything and frees the sticky.
+/// Either way nothing is held and no node is live at the end (checked
+/// before any other request could call anything back), and no `Arc` of
+/// the sticky leaks or is dropped twice (loom tracks them).
 ///
-/// Catches: a handle drop that does not wait for a revoker's release
-/// (mutant `sticky-drop-ignores-taken`: the kept holds are released twice
-/// or the handle's nodes are unpinned under the revoker).
+/// Catches: a handle drop that leaves idle holds (mutant
+/// `sticky-drop-keeps-idle-holds`), one that leaves the guard no
+/// reference to free the sticky with (mutant
+/// `sticky-drop-leaves-no-reference`).
 #[test]
-fn sticky_revoked_while_its_handle_drops() {
+fn sticky_guard_dropped_elsewhere_while_its_handle_drops() {
     model(|| {
         let tree = Arc::new(tree());
         let h = tree.prepare_owned("/a").unwrap();
         drop(h.lock(Mode::S).unwrap());
-        let t = {
-            let tree = tree.clone();
-            thread::spawn(move || {
-                if let Ok(g) = tree.try_lock("/a", Mode::X) {
-                    drop(g);
-                }
-            })
-        };
+        let g = h.lock_owned(Mode::S).unwrap();
+        let t = thread::spawn(move || drop(g));
         drop(h);
         t.join().unwrap();
-        assert!(tree.try_lock("/", Mode::X).is_ok());
         assert_eq!(tree.node_count(), 0);
+        assert!(tree.try_lock("/", Mode::X).is_ok());
     });
 }

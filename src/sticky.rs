@@ -133,10 +133,13 @@ const MAX_STRIKES: u32 = 10;
 /// the revoke forgets earlier strikes.
 const PAID_OFF: u32 = 64;
 
+/// A registry's entries: each sticky with the mode it keeps on the node.
+type Entries = SmallVec<[(Arc<Sticky>, Mode); 2]>;
+
 /// The stickies that keep holds on one node, each with the mode it keeps.
 /// Allocated under the node's queue lock (see the module docs).
 pub(crate) struct Registry {
-    entries: Mutex<SmallVec<[(Arc<Sticky>, Mode); 2]>>,
+    entries: Mutex<Entries>,
     /// `entries.len()`, for a quick look without the lock (a hint only).
     len: AtomicU32,
 }

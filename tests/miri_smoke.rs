@@ -1,7 +1,8 @@
 //! A small integration set sized for Miri (`cargo +nightly miri test --test
 //! miri_smoke`): the unsafe parts — node pointers kept by guards, the
 //! dashmap keys that point into nodes, epoch reclamation, the idle cache's
-//! node pointers, prepared handles' pinned nodes, biased nodes' slot arrays
+//! node pointers, prepared handles' pinned nodes and the stickies that keep their holds
+//! (revoked, dropped and freed from other threads), biased nodes' slot arrays
 //! and the list that keeps them, parking and wakers across threads —
 //! exercised on a few operations each. Also runs in
 //! the ordinary `cargo test`.
@@ -259,4 +260,31 @@ fn biased_nodes_slots_revokes_and_reclamation() {
     tree.purge_idle();
     assert_eq!(tree.node_count(), 0);
     drop(tree.try_lock("/", Mode::X).unwrap());
+}
+
+/// Prepared handles' stickies across threads: revoked by another thread's
+/// request, reused, a guard dropped on another thread while its handle
+/// goes (the guard then frees the sticky).
+#[test]
+fn sticky_holds_across_threads() {
+    let tree = Arc::new(LockTree::new());
+    let h = tree.prepare_owned("/db/t").unwrap();
+    drop(h.lock(Mode::X).unwrap());
+    drop(h.lock(Mode::X).unwrap());
+    let t = tree.clone();
+    thread::spawn(move || drop(t.lock("/db", Mode::S).unwrap()))
+        .join()
+        .unwrap();
+    for _ in 0..3 {
+        drop(h.lock(Mode::X).unwrap());
+    }
+    let g = h.lock_owned(Mode::X).unwrap();
+    let dropper = thread::spawn(move || drop(g));
+    let t = tree.clone();
+    let scanner = thread::spawn(move || drop(t.try_lock("/", Mode::S)));
+    drop(h);
+    dropper.join().unwrap();
+    scanner.join().unwrap();
+    assert_eq!(tree.node_count(), 0);
+    assert!(tree.try_lock("/", Mode::X).is_ok());
 }

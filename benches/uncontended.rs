@@ -135,6 +135,31 @@ fn prepared(c: &mut Criterion) {
             );
         }
     }
+    // Without stickies (`Builder::sticky(false)`): every level taken and
+    // given back each time, as a handle shared by threads or called back
+    // often does.
+    for depth in DEPTHS {
+        let tree = LockTree::builder().sticky(false).build();
+        let p = tree.prepare(path(depth).as_str()).unwrap();
+        g.bench_function(BenchmarkId::new("unkept/X", format!("d{depth}")), |b| {
+            b.iter(|| drop(black_box(p.lock(Mode::X).unwrap())))
+        });
+    }
+    // The price of a call-back: the handle's X on /c1/../c4, then an S on
+    // /c1/c2 that the kept holds are in the way of (so it revokes them and
+    // the handle's next lock takes every level again), against the same
+    // two locks with stickies off.
+    for sticky in [true, false] {
+        let tree = LockTree::builder().sticky(sticky).build();
+        let p = tree.prepare(path(4).as_str()).unwrap();
+        let name = if sticky { "kept" } else { "unkept" };
+        g.bench_function(BenchmarkId::new("called_back", name), |b| {
+            b.iter(|| {
+                drop(black_box(p.lock(Mode::X).unwrap()));
+                drop(black_box(tree.try_lock("/c1/c2", Mode::S).unwrap()));
+            })
+        });
+    }
     g.finish();
 }
 

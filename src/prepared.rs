@@ -123,7 +123,8 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         if from < self.nodes.len() {
             self.acquire_rest(&mut held, from, mode, wait)?;
         }
-        Ok(Sticky::keep(&self.sticky, held, mode))
+        Sticky::keep(&self.sticky, &mut held, mode);
+        Ok(held)
     }
 
     /// `acquire`'s general path, out of line.

@@ -326,45 +326,54 @@ impl Sticky {
     }
 
     /// After a lock through the handle took `held` (its whole path, in
-    /// `mode`) the usual way: keeps the holds in the sticky if it may, and
-    /// returns what the guard gets (`held` itself, or a sticky hold).
-    #[inline]
-    pub(crate) fn keep(this: &Arc<Sticky>, held: Held, mode: Mode) -> Held {
+    /// `mode`) the usual way: keeps the holds in the sticky if it may,
+    /// turning `held` into a hold through the sticky. In place: moving the
+    /// guard's record in and out of a call costs more than the checks
+    /// (`docs/bench/benches.md`).
+    #[inline(always)]
+    pub(crate) fn keep(this: &Arc<Sticky>, held: &mut Held, mode: Mode) {
         let owner = this.owner.load(Ordering::Relaxed);
         if owner != 0 && owner != thread_id() {
-            return held;
+            return;
         }
-        Sticky::make(this, held, mode)
+        if this.hot.cooldown.load(Ordering::Relaxed) != 0 {
+            this.cool();
+            return;
+        }
+        Sticky::make(this, held, mode);
+    }
+
+    /// One lock less of cool-down (none if stickies are off).
+    #[cold]
+    #[inline(never)]
+    fn cool(&self) {
+        let cooldown = self.hot.cooldown.load(Ordering::Relaxed);
+        if cooldown != u32::MAX && cooldown != 0 {
+            self.hot.cooldown.store(cooldown - 1, Ordering::Relaxed);
+        }
     }
 
     #[inline(never)]
-    fn make(this: &Arc<Sticky>, held: Held, mode: Mode) -> Held {
+    fn make(this: &Arc<Sticky>, held: &mut Held, mode: Mode) {
         let hot = &this.hot;
-        let cooldown = hot.cooldown.load(Ordering::Relaxed);
-        if cooldown != 0 {
-            if cooldown != u32::MAX {
-                hot.cooldown.store(cooldown - 1, Ordering::Relaxed);
-            }
-            return held;
-        }
         // SAFETY: pinned by the handle (or the root), held.
         let waiting = |node: &NodeRef| unsafe { node.get() }.state.load().is_waiting();
         if this.nodes.iter().any(waiting) {
             // It would be revoked at once; the check below is the one that
             // counts, this one only spares the registering.
-            return held;
+            return;
         }
         if hot
             .state
             .compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return held; // kept already (by a guard of this handle)
+            return; // kept already (by a guard of this handle)
         }
         this.owner.store(thread_id(), Ordering::Relaxed);
         hot.uses.store(0, Ordering::Relaxed);
         hot.mode.store(mode as u8, Ordering::Relaxed);
-        *hot.held.lock() = held;
+        std::mem::swap(&mut *hot.held.lock(), held);
         // Active before it is registered: a revoker that finds it flags it.
         hot.state.store(ACTIVE, Ordering::Release);
         for (level, node) in this.nodes.iter().enumerate() {
@@ -378,11 +387,11 @@ impl Sticky {
             // keeps the holds, and hands the nodes on when it goes.
             let seen = this.take_active();
             debug_assert_eq!(seen & ABANDONED, 0, "the handle is borrowed");
-            let held = this.unregister_take();
+            *held = this.unregister_take();
             hot.state.store(FREE, Ordering::Release);
-            return held;
+            return;
         }
-        Held::stuck(Sticky::ptr(this))
+        *held = Held::stuck(Sticky::ptr(this));
     }
 
     /// Moves an active sticky (whatever its flags) to `TAKEN`; only its

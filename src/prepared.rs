@@ -43,6 +43,9 @@ use crate::table::NodeRef;
 use crate::tree::{LockTree, Wait};
 use crate::{Error, Mode};
 
+/// Stickies per handle.
+const STICKIES: usize = 2;
+
 /// The pinned nodes of one path and the tree they belong to.
 struct RawPrepared<T: Deref<Target = LockTree>> {
     tree: T,
@@ -56,8 +59,11 @@ struct RawPrepared<T: Deref<Target = LockTree>> {
     /// (`docs/bench/benches.md`, "The parser and the prepared child path
     /// inlined").
     prefix: CompactString,
-    /// The holds the handle keeps between guards (`sticky.rs`).
-    sticky: Arc<Sticky>,
+    /// The holds the handle keeps between guards (`sticky.rs`): two, so a
+    /// long-lived guard through the handle (a transaction's IX on its
+    /// table) does not keep the short ones from keeping theirs, and two
+    /// threads sharing the handle may each have one.
+    stickies: [Arc<Sticky>; STICKIES],
 }
 
 // SAFETY: `NodeRef`s are `Send + Sync` (shared pointers to `Sync` nodes);
@@ -75,7 +81,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         }
         let mut this = RawPrepared {
             nodes: SmallVec::with_capacity(path.depth + 1),
-            sticky: Sticky::new(&tree, &[], false),
+            stickies: [(); STICKIES].map(|()| Sticky::new(&tree, &[], false)),
             tree,
             prefix,
         };
@@ -95,7 +101,8 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
                 table.evict(&pin, n);
             }
         }
-        this.sticky = Sticky::new(&this.tree, &this.nodes, this.tree.sticky());
+        let on = this.tree.sticky();
+        this.stickies = [(); STICKIES].map(|()| Sticky::new(&this.tree, &this.nodes, on));
         Ok(this)
     }
 
@@ -115,15 +122,21 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     /// path in `mode` since its last guard, one CAS takes it back.
     #[inline(always)]
     fn acquire(&self, mode: Mode, wait: Wait) -> Result<Held, Error> {
-        if Sticky::reuse(&self.sticky, mode) {
-            return Ok(Held::stuck(Sticky::ptr(&self.sticky)));
+        for sticky in &self.stickies {
+            if Sticky::reuse(sticky, mode) {
+                return Ok(Held::stuck(Sticky::ptr(sticky)));
+            }
         }
         let mut held = Held::with_windows();
         let from = self.acquire_quick(&mut held, mode);
         if from < self.nodes.len() {
             self.acquire_rest(&mut held, from, mode, wait)?;
         }
-        Sticky::keep(&self.sticky, &mut held, mode);
+        for sticky in &self.stickies {
+            if Sticky::keep(sticky, &mut held, mode) != Some(false) {
+                break;
+            }
+        }
         Ok(held)
     }
 
@@ -318,7 +331,9 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
 impl<T: Deref<Target = LockTree>> Drop for RawPrepared<T> {
     fn drop(&mut self) {
         // The kept holds first, while the nodes are pinned.
-        Sticky::drop_handle(&self.sticky);
+        for sticky in &self.stickies {
+            Sticky::drop_handle(sticky);
+        }
         let table = self.tree.table();
         let pin = table.pin();
         for node in self.nodes.iter().skip(1).rev() {
@@ -397,10 +412,16 @@ impl<'t> Prepared<'t> {
         self.0.tree
     }
 
-    /// The handle's sticky, for white-box tests.
+    /// The handle's `i`th sticky, for white-box tests.
+    #[cfg(test)]
+    pub(crate) fn sticky_at(&self, i: usize) -> &Arc<Sticky> {
+        &self.0.stickies[i]
+    }
+
+    /// The handle's first sticky, for white-box tests.
     #[cfg(test)]
     pub(crate) fn sticky(&self) -> &Arc<Sticky> {
-        &self.0.sticky
+        self.sticky_at(0)
     }
 }
 
@@ -586,7 +607,7 @@ impl OwnedPrepared {
             tree: self.0.tree.clone(),
             nodes: SmallVec::with_capacity(self.0.nodes.len()),
             prefix: self.0.prefix.clone(),
-            sticky: Sticky::new(&self.0.tree, &[], false),
+            stickies: [(); STICKIES].map(|()| Sticky::new(&self.0.tree, &[], false)),
         };
         copy.nodes.push(self.0.nodes[0]);
         for &node in &self.0.nodes[1..] {

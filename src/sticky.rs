@@ -306,11 +306,13 @@ impl Sticky {
     /// does not find it in the way, and makes a new one on the way out.
     #[cold]
     fn reuse_other(&self) -> bool {
-        if self
-            .hot
-            .state
-            .compare_exchange(IDLE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        let state = &self.hot.state;
+        // A plain look first: an active sticky (a long-lived guard of the
+        // handle) is passed over on every lock, without a failing CAS.
+        if state.load(Ordering::Relaxed) == IDLE
+            && state
+                .compare_exchange(IDLE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
         {
             self.release_taken();
             self.hot.state.store(FREE, Ordering::Release);
@@ -330,17 +332,20 @@ impl Sticky {
     /// turning `held` into a hold through the sticky. In place: moving the
     /// guard's record in and out of a call costs more than the checks
     /// (`docs/bench/benches.md`).
+    /// `Some(true)`: kept; `Some(false)`: this sticky is another
+    /// thread's or in use, try the handle's next; `None`: cooling down
+    /// after a revoke, keep nothing this time.
     #[inline(always)]
-    pub(crate) fn keep(this: &Arc<Sticky>, held: &mut Held, mode: Mode) {
+    pub(crate) fn keep(this: &Arc<Sticky>, held: &mut Held, mode: Mode) -> Option<bool> {
         let owner = this.owner.load(Ordering::Relaxed);
         if owner != 0 && owner != thread_id() {
-            return;
+            return Some(false);
         }
         if this.hot.cooldown.load(Ordering::Relaxed) != 0 {
             this.cool();
-            return;
+            return None;
         }
-        Sticky::make(this, held, mode);
+        Some(Sticky::make(this, held, mode))
     }
 
     /// One lock less of cool-down (none if stickies are off).
@@ -354,21 +359,22 @@ impl Sticky {
     }
 
     #[inline(never)]
-    fn make(this: &Arc<Sticky>, held: &mut Held, mode: Mode) {
+    fn make(this: &Arc<Sticky>, held: &mut Held, mode: Mode) -> bool {
         let hot = &this.hot;
         // SAFETY: pinned by the handle (or the root), held.
         let waiting = |node: &NodeRef| unsafe { node.get() }.state.load().is_waiting();
         if this.nodes.iter().any(waiting) {
             // It would be revoked at once; the check below is the one that
             // counts, this one only spares the registering.
-            return;
+            return false;
         }
-        if hot
-            .state
-            .compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        if hot.state.load(Ordering::Relaxed) != FREE
+            || hot
+                .state
+                .compare_exchange(FREE, TAKEN, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
         {
-            return; // kept already (by a guard of this handle)
+            return false; // kept already (by a guard of this handle)
         }
         this.owner.store(thread_id(), Ordering::Relaxed);
         hot.uses.store(0, Ordering::Relaxed);
@@ -389,9 +395,10 @@ impl Sticky {
             debug_assert_eq!(seen & ABANDONED, 0, "the handle is borrowed");
             *held = this.unregister_take();
             hot.state.store(FREE, Ordering::Release);
-            return;
+            return false;
         }
         *held = Held::stuck(Sticky::ptr(this));
+        true
     }
 
     /// Moves an active sticky (whatever its flags) to `TAKEN`; only its
@@ -714,6 +721,49 @@ mod tests {
         drop(g);
         assert!(weak.upgrade().is_none(), "freed by the guard");
         assert_eq!(tree.node_count(), 0);
+    }
+
+    /// A long-lived guard through the handle keeps one sticky active; the
+    /// short locks beside it keep theirs in the other.
+    #[test]
+    fn a_long_guard_leaves_the_other_sticky_to_short_ones() {
+        let tree = LockTree::new();
+        let h = tree.prepare("/t/a").unwrap();
+        let long = h.lock(Mode::IS).unwrap();
+        for _ in 0..3 {
+            drop(h.lock(Mode::S).unwrap());
+        }
+        let at = |i: usize| h.sticky_at(i).hot.state.load(Ordering::SeqCst);
+        assert_eq!((at(0), at(1)), (ACTIVE, IDLE));
+        assert_eq!(h.sticky_at(1).mode(), Mode::S);
+        drop(long);
+        assert_eq!((at(0), at(1)), (IDLE, IDLE));
+        // Called back together: both released, nothing held.
+        drop(tree.try_lock("/t/a", Mode::X).unwrap());
+        assert_eq!((at(0), at(1)), (FREE, FREE));
+    }
+
+    /// Two threads sharing one handle each keep a sticky of their own.
+    #[test]
+    fn two_threads_on_one_handle_each_keep_one() {
+        let tree = LockTree::new();
+        let h = tree.prepare("/t/a").unwrap();
+        // Both alive together, so their thread-local addresses differ.
+        let both = std::sync::Barrier::new(2);
+        thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..3 {
+                        drop(h.lock(Mode::S).unwrap());
+                    }
+                    both.wait();
+                });
+            }
+        });
+        let owner = |i: usize| h.sticky_at(i).owner.load(Ordering::SeqCst);
+        assert_ne!(owner(0), 0);
+        assert_ne!(owner(1), 0);
+        assert_ne!(owner(0), owner(1));
     }
 
     #[test]

@@ -129,10 +129,17 @@ impl Held {
     }
 
     /// Takes a sticky's holds into this guard, which then holds them
-    /// itself (before a conversion).
+    /// itself (before a conversion). The sticky's levels are the ones above
+    /// this guard's own (a child of the handle's path); both lists are
+    /// first moved out of any bias slot, so the merged list needs no slot.
     fn unstick(&mut self) {
         if let Some(s) = self.sticky.take() {
-            *self = Sticky::unstick(s, false);
+            self.materialize();
+            let mut kept = Sticky::unstick(s, false);
+            kept.materialize();
+            kept.levels.extend(self.levels.drain(..));
+            kept.slot = NO_SLOT;
+            *self = kept;
         }
     }
 
@@ -153,9 +160,10 @@ impl Held {
         }
     }
 
-    /// The number of levels held.
+    /// The number of levels held (a sticky's included: they are the ones
+    /// above `levels`).
     pub(crate) fn len(&self) -> usize {
-        self.levels.len()
+        self.levels.len() + self.sticky().map_or(0, Sticky::depth)
     }
 
     /// The nodes of levels `range` (0: the root).
@@ -163,6 +171,7 @@ impl Held {
         &self,
         range: std::ops::Range<usize>,
     ) -> impl ExactSizeIterator<Item = NodeRef> + '_ {
+        debug_assert!(self.sticky.is_none(), "only a plain walk's levels");
         self.levels[range].iter().map(|l| l.node())
     }
 
@@ -208,7 +217,11 @@ impl Held {
     #[inline]
     pub(crate) fn release(&mut self, tree: &LockTree) {
         if let Some(s) = self.sticky.take() {
-            // The sticky keeps the whole path: `levels` is empty.
+            // The sticky keeps the levels above this guard's own (all of
+            // them for a handle's own path): those first, bottom-up.
+            if !self.levels.is_empty() {
+                self.release_levels(tree);
+            }
             Sticky::unlock(s, tree);
             return;
         }

@@ -242,10 +242,7 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         // The handle's own text ends where its separator starts.
         let base = self.prefix.len().saturating_sub(sep.len_utf8());
         let full = ParsedPath::from_normalized(text, depth, sep);
-        // With CAS, not windows: the child's lookup overlaps a CAS and
-        // pays for a window's chain of loads, as on the plain walk.
-        let mut held = Held::new();
-        self.acquire_pinned(&mut held, 0, mode, false, wait)?;
+        let mut held = self.acquire_intentions(mode.intention(), wait)?;
         let mut pin = tree.table().pin();
         if rel.depth == 1 {
             // A child: looked up by its whole name, no prefix to scan.
@@ -253,6 +250,29 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
         } else {
             let names = full.prefixes_after(base);
             tree.walk(&mut pin, &mut held, &full, names, mode, wait)?;
+        }
+        Ok(held)
+    }
+
+    /// The handle's levels in the intention `m`, for a lock below them:
+    /// through a sticky kept in `m` if this thread has one (a sticky kept
+    /// by `lock(m)` serves too: the same holds), else taken level by level
+    /// and kept if the handle may.
+    #[inline]
+    fn acquire_intentions(&self, m: Mode, wait: Wait) -> Result<Held, Error> {
+        for sticky in &self.stickies {
+            if Sticky::reuse(sticky, m) {
+                return Ok(Held::stuck(Sticky::ptr(sticky)));
+            }
+        }
+        // With CAS, not windows: the child's lookup overlaps a CAS and
+        // pays for a window's chain of loads, as on the plain walk.
+        let mut held = Held::new();
+        self.acquire_pinned(&mut held, 0, m, false, wait)?;
+        for sticky in &self.stickies {
+            if Sticky::keep(sticky, &mut held, m) != Some(false) {
+                break;
+            }
         }
         Ok(held)
     }

@@ -273,7 +273,13 @@ impl Sticky {
         }
         let hot = &this.hot;
         if hot.mode.load(Ordering::Relaxed) != mode as u8 {
-            return this.reuse_other();
+            // Kept in another mode: given back only if that would be in
+            // the way of the usual path (the handle's other sticky may
+            // have this mode).
+            if !this.mode().compatible(mode) {
+                this.reuse_other();
+            }
+            return false;
         }
         if hot
             .state
@@ -301,11 +307,12 @@ impl Sticky {
         NonNull::new(Arc::as_ptr(this).cast_mut()).expect("an Arc is never null")
     }
 
-    /// The owner asks for another mode than the one kept: gives an idle
-    /// sticky back (no strike: nobody else needed it), so the usual path
-    /// does not find it in the way, and makes a new one on the way out.
+    /// The owner asks for a mode the kept one conflicts with: gives an
+    /// idle sticky back (no strike: nobody else needed it), so the usual
+    /// path does not find it in the way, and makes a new one on the way
+    /// out.
     #[cold]
-    fn reuse_other(&self) -> bool {
+    fn reuse_other(&self) {
         let state = &self.hot.state;
         // A plain look first: an active sticky (a long-lived guard of the
         // handle) is passed over on every lock, without a failing CAS.
@@ -317,7 +324,6 @@ impl Sticky {
             self.release_taken();
             self.hot.state.store(FREE, Ordering::Release);
         }
-        false
     }
 
     /// The handle's tree (see the field's doc for why it is alive).
@@ -571,6 +577,11 @@ impl Sticky {
             .unwrap_or(&Mode::X)
     }
 
+    /// How many levels the sticky keeps (the handle's, root included).
+    pub(crate) fn depth(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// The handle's node.
     pub(crate) fn leaf(&self) -> NodeRef {
         *self.nodes.last().expect("the root is always there")
@@ -764,6 +775,49 @@ mod tests {
         assert_ne!(owner(0), 0);
         assert_ne!(owner(1), 0);
         assert_ne!(owner(0), owner(1));
+    }
+
+    /// Rows below the handle keep the handle's intentions; `lock` in that
+    /// intention reuses the same sticky.
+    #[test]
+    fn children_keep_the_handles_intentions() {
+        let tree = LockTree::new();
+        let h = tree.prepare("/db/t").unwrap();
+        drop(h.lock_child("1", Mode::X).unwrap());
+        assert_eq!(state(&h), IDLE);
+        assert_eq!(h.sticky().mode(), Mode::IX);
+        let row = h.lock_child("2", Mode::X).unwrap();
+        assert_eq!(state(&h), ACTIVE);
+        assert_eq!(row.path().to_string(), "/db/t/2");
+        assert_eq!(row.mode(), Mode::X);
+        let deep = h.lock_child(["3", "c"], Mode::S);
+        assert_eq!(deep.as_ref().map(|g| g.path().depth()), Ok(4));
+        drop((row, deep));
+        let g = h.lock(Mode::IX).unwrap();
+        assert_eq!(state(&h), ACTIVE, "lock(IX) is the same holds");
+        drop(g);
+        // A child that must wait gives the sticky back to idle.
+        let other = tree.lock("/db/t/9", Mode::X).unwrap();
+        assert_eq!(
+            h.try_lock_child("9", Mode::X).unwrap_err(),
+            Error::WouldBlock
+        );
+        assert_eq!(state(&h), IDLE);
+        // A child in S takes IS on the handle's levels: not what is kept
+        // (IX, which would exclude a table scan the S row does not); the
+        // handle's other sticky keeps IS (made beside the active IX above).
+        drop(h.lock_child("8", Mode::S).unwrap());
+        let at = |i: usize| h.sticky_at(i).hot.state.load(Ordering::SeqCst);
+        assert_eq!((at(0), at(1)), (IDLE, IDLE));
+        assert_eq!(h.sticky_at(1).mode(), Mode::IS);
+        drop(other);
+        // X on the handle's node conflicts with both kept modes: both are
+        // given back before the usual path takes it.
+        drop(h.lock(Mode::X).unwrap());
+        assert_eq!(h.sticky().mode(), Mode::X);
+        assert_eq!((at(0), at(1)), (IDLE, FREE));
+        drop(h);
+        assert_eq!(tree.node_count(), 0);
     }
 
     #[test]

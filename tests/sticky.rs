@@ -330,3 +330,32 @@ fn exclusion_holds_with_handles_shared_and_called_back() {
         assert_eq!(tree.node_count(), 0);
     });
 }
+
+#[test]
+fn rows_through_a_handle_keep_its_intentions_out_of_nobodys_way() {
+    let tree = LockTree::new();
+    let t = tree.prepare("/db/t").unwrap();
+    drop(t.lock_child("1", Mode::X).unwrap());
+    drop(t.lock_child("2", Mode::X).unwrap());
+    for (path, mode) in [("/db/t", Mode::S), ("/db", Mode::X), ("/", Mode::S)] {
+        assert!(granted(&tree, path, mode), "{mode} on {path}");
+        drop(t.lock_child("2", Mode::X).unwrap());
+    }
+    let mut row = t.lock_child("3", Mode::S).unwrap();
+    assert!(!granted(&tree, "/db/t", Mode::X));
+    assert!(granted(&tree, "/db/t", Mode::S));
+    assert!(!granted(&tree, "/db/t/3", Mode::IX));
+    row.upgrade(Mode::X).unwrap();
+    assert_eq!(row.mode(), Mode::X);
+    assert!(!granted(&tree, "/db/t", Mode::S), "IX on the table now");
+    assert!(!granted(&tree, "/db/t/3", Mode::IS));
+    row.rename("/db/t/4").unwrap();
+    assert!(granted(&tree, "/db/t/3", Mode::X));
+    assert!(!granted(&tree, "/db/t/4", Mode::IS));
+    row.downgrade(Mode::IS).unwrap();
+    assert!(granted(&tree, "/db/t", Mode::S));
+    drop(row);
+    assert!(granted(&tree, "/", Mode::X));
+    drop(t);
+    assert_eq!(tree.node_count(), 0);
+}

@@ -579,8 +579,9 @@ impl Node {
 
     /// The queue's side of a request, then the stickies in its way
     /// revoked (`sticky.rs`): after queueing (`WAITING` is set, so a
-    /// sticky made from now on sees it), or before failing a `try_lock`,
-    /// which tries again if that released something.
+    /// sticky made from now on sees it), or before failing a `try_lock`
+    /// (or any request on a full count), which tries again if that
+    /// released something.
     #[cold]
     fn acquire_slow(
         &self,
@@ -597,6 +598,9 @@ impl Node {
                     self.revoke_sticky(Some(to));
                 }
                 Err(Error::WouldBlock) if self.revoke_sticky(Some(to)) => continue,
+                // A count at its maximum: an idle sticky's hold is a place
+                // nobody uses.
+                Err(Error::TooManyHolders) if self.revoke_sticky(None) => continue,
                 _ => {}
             }
             return result;

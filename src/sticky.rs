@@ -101,6 +101,7 @@
 //!   reference of its own for the episode, and a revoker is a request on
 //!   the same tree, so the tree outlives its release.
 
+use std::collections::HashMap;
 use std::ptr::NonNull;
 
 use smallvec::SmallVec;
@@ -133,8 +134,10 @@ const MAX_STRIKES: u32 = 10;
 /// the revoke forgets earlier strikes.
 const PAID_OFF: u32 = 64;
 
-/// A registry's entries: each sticky with the mode it keeps on the node.
-type Entries = SmallVec<[(Arc<Sticky>, Mode); 2]>;
+/// A registry's entries: each sticky (by address) with the mode it keeps
+/// on the node. A map, not a list: the root's registry has an entry for
+/// every sticky of the tree, and a handle's drop must not scan them all.
+type Entries = HashMap<usize, (Arc<Sticky>, Mode), foldhash::fast::FixedState>;
 
 /// The stickies that keep holds on one node, each with the mode it keeps.
 /// Allocated under the node's queue lock (see the module docs).
@@ -147,7 +150,7 @@ pub(crate) struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         Registry {
-            entries: Mutex::new(SmallVec::new()),
+            entries: Mutex::new(HashMap::default()),
             len: AtomicU32::new(0),
         }
     }
@@ -156,18 +159,13 @@ impl Default for Registry {
 impl Registry {
     fn add(&self, sticky: &Arc<Sticky>, mode: Mode) {
         let mut entries = self.entries.lock();
-        entries.push((sticky.clone(), mode));
+        entries.insert(Sticky::addr(sticky), (sticky.clone(), mode));
         self.len.store(entries.len() as u32, Ordering::Relaxed);
     }
 
     fn remove(&self, sticky: &Sticky) {
         let mut entries = self.entries.lock();
-        if let Some(i) = entries
-            .iter()
-            .position(|(s, _)| std::ptr::eq::<Sticky>(&**s, sticky))
-        {
-            entries.swap_remove(i);
-        }
+        entries.remove(&Sticky::addr(sticky));
         self.len.store(entries.len() as u32, Ordering::Relaxed);
     }
 
@@ -182,7 +180,7 @@ impl Registry {
         let found: SmallVec<[Arc<Sticky>; 2]> = self
             .entries
             .lock()
-            .iter()
+            .values()
             .filter(|(_, m)| to.is_none_or(|to| !m.compatible(to)))
             .map(|(s, _)| s.clone())
             .collect();
@@ -575,6 +573,11 @@ impl Sticky {
             .iter()
             .find(|x| **x as u8 == m)
             .unwrap_or(&Mode::X)
+    }
+
+    /// The sticky's key in the registries.
+    fn addr(this: &Sticky) -> usize {
+        std::ptr::from_ref(this).addr()
     }
 
     /// How many levels the sticky keeps (the handle's, root included).

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{compatible, granted, intention, wait_until_queued, watchdog, MODES};
 use futures::FutureExt;
-use hierlock::{Error, LockTree, Mode};
+use hierlock::{Error, LockTree, Mode, MAX_SHARED_HOLDERS};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -358,4 +358,29 @@ fn rows_through_a_handle_keep_its_intentions_out_of_nobodys_way() {
     assert!(granted(&tree, "/", Mode::X));
     drop(t);
     assert_eq!(tree.node_count(), 0);
+}
+
+/// An idle handle's S is not a place taken: with every other place of a
+/// node's S count in use, one more reader still gets in (the handle's
+/// hold is called back), and only then is the count full.
+#[test]
+fn an_idle_handle_does_not_use_up_the_last_place() {
+    let tree = LockTree::new();
+    let h = tree.prepare("/a").unwrap();
+    lock_twice(&h, Mode::S);
+    let max = usize::try_from(MAX_SHARED_HOLDERS).unwrap();
+    let mut guards = Vec::with_capacity(max);
+    for i in 0..max {
+        match tree.try_lock("/a", Mode::S) {
+            Ok(g) => guards.push(g),
+            Err(e) => panic!("reader {i} of {max}: {e:?}"),
+        }
+    }
+    assert_eq!(
+        tree.try_lock("/a", Mode::S).unwrap_err(),
+        Error::TooManyHolders
+    );
+    assert_eq!(h.try_lock(Mode::S).unwrap_err(), Error::TooManyHolders);
+    guards.pop();
+    assert_eq!(h.lock(Mode::S).unwrap().mode(), Mode::S);
 }

@@ -23,6 +23,16 @@
 //!
 //! A guard taken through a handle is an ordinary [`Guard`]: it holds its
 //! nodes by holding the locks, so it may outlive the handle.
+//!
+//! # Sticky holds
+//!
+//! When such a guard goes, the handle keeps its holds in one of its two
+//! stickies (`sticky.rs`) until a request they are in the way of calls
+//! them back; the next `lock` in the same mode on the same thread (or
+//! `lock_child` whose intention is that mode) takes them back with one
+//! CAS on the sticky's word instead of one per level. That is what brings
+//! a handle's lock+unlock down to about a bare `RwLock`'s, at any depth
+//! (`docs/bench/benches.md`, "Sticky holds").
 
 use std::ops::Deref;
 use std::sync::Arc as StdArc;

@@ -13,12 +13,16 @@
 //! calls it back (Lustre's LDLM, GPFS tokens). A sticky is that, for one
 //! [`Prepared`](crate::Prepared) handle:
 //!
-//! - when a guard taken through the handle goes, its holds (the intentions
-//!   on every ancestor and the mode on the node itself) stay in the node
-//!   words, kept by the handle's sticky, which turns *idle*;
-//! - the handle's next `lock` in the same mode, on the thread that made the
-//!   sticky, turns it *active* again with one CAS on the sticky's own word,
-//!   touching no node at all; unlocking is one CAS back to idle;
+//! - when a guard taken through the handle goes, its holds on the handle's
+//!   levels (the intentions on every ancestor and the mode on the node
+//!   itself; for a row below the handle, `lock_child`, the intention on
+//!   all of them, the same holds as a `lock` in that intention) stay in the
+//!   node words, kept by one of the handle's two stickies, which turns
+//!   *idle*;
+//! - the handle's next `lock` in the same mode (or `lock_child` with that
+//!   intention), on the thread that made the sticky, turns it *active*
+//!   again with one CAS on the sticky's own word, touching none of the
+//!   handle's nodes; unlocking is one CAS back to idle;
 //! - any request that would have to wait or fail for a node's holders
 //!   first *revokes* the idle stickies on that node that conflict with it
 //!   (see "Revocation"), so nobody ever waits for an idle sticky.
@@ -58,7 +62,11 @@
 //! conflicts with it: an idle one it takes (`IDLE -> TAKEN`) and releases,
 //! which hands the node on to the queue as any release would; an active
 //! one it flags `REVOKE`, so its guard releases everything when it goes.
-//! A failed `try_lock` that revoked something tries again.
+//! A failed `try_lock` that revoked something tries again, and so does a
+//! request refused because a count is full (an idle sticky's hold is a
+//! place nobody uses). Whatever asks whether a node is free revokes the
+//! same way first: `acquirable` and its watchers, and introspection
+//! (`inspect`, `snapshot`), which thus reports only guards that exist.
 //!
 //! The race that matters is a sticky being made while a request queues on
 //! one of its nodes. The maker registers at every node (under the
@@ -82,11 +90,19 @@
 //! The thread that made it, so a handle shared by many threads does not
 //! bounce the sticky's word between their caches: the others lock the
 //! usual way (their intentions are compatible with the sticky's, or they
-//! revoke it). A revoke makes the next lock through the handle, on any
-//! thread, eligible to make a new one; each revoke also doubles how many
-//! locks through the handle go the usual way before the next sticky (up to
-//! 1023), so a handle whose holds keep being called back stops keeping
-//! them.
+//! revoke it) and may make the handle's other sticky. Two per handle
+//! also let a long-lived guard through the handle (a transaction's IX on
+//! its table) keep one active while short locks keep the other. A lock in
+//! a mode an idle sticky of the same thread conflicts with (X after S)
+//! gives that sticky back first, so the usual path does not find it in
+//! the way.
+//!
+//! A revoke makes the next lock through the handle, on any thread,
+//! eligible to make a new sticky; each revoke also doubles how many locks
+//! through the handle go the usual way before the next one (up to 1023;
+//! a sticky reused 64 times before its revoke paid for it and starts the
+//! count again), so a handle whose holds keep being called back stops
+//! keeping them.
 //!
 //! # A guard or handle that goes elsewhere
 //!

@@ -132,22 +132,35 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     /// path in `mode` since its last guard, one CAS takes it back.
     #[inline(always)]
     fn acquire(&self, mode: Mode, wait: Wait) -> Result<Held, Error> {
-        for sticky in &self.stickies {
-            if Sticky::reuse(sticky, mode) {
-                return Ok(Held::stuck(Sticky::ptr(sticky)));
-            }
+        if let Some(held) = self.reuse(mode) {
+            return Ok(held);
         }
         let mut held = Held::with_windows();
         let from = self.acquire_quick(&mut held, mode);
         if from < self.nodes.len() {
             self.acquire_rest(&mut held, from, mode, wait)?;
         }
+        self.keep(&mut held, mode);
+        Ok(held)
+    }
+
+    /// The handle's levels through one of its stickies kept in `m` by
+    /// this thread, if any.
+    #[inline(always)]
+    fn reuse(&self, m: Mode) -> Option<Held> {
+        let sticky = self.stickies.iter().find(|s| Sticky::reuse(s, m))?;
+        Some(Held::stuck(Sticky::ptr(sticky)))
+    }
+
+    /// After `held` took the handle's levels (in `m` on the handle's node)
+    /// the usual way: keeps them in the first sticky that may.
+    #[inline(always)]
+    fn keep(&self, held: &mut Held, m: Mode) {
         for sticky in &self.stickies {
-            if Sticky::keep(sticky, &mut held, mode) != Some(false) {
+            if Sticky::keep(sticky, held, m) != Some(false) {
                 break;
             }
         }
-        Ok(held)
     }
 
     /// `acquire`'s general path, out of line.
@@ -270,20 +283,14 @@ impl<T: Deref<Target = LockTree>> RawPrepared<T> {
     /// and kept if the handle may.
     #[inline]
     fn acquire_intentions(&self, m: Mode, wait: Wait) -> Result<Held, Error> {
-        for sticky in &self.stickies {
-            if Sticky::reuse(sticky, m) {
-                return Ok(Held::stuck(Sticky::ptr(sticky)));
-            }
+        if let Some(held) = self.reuse(m) {
+            return Ok(held);
         }
         // With CAS, not windows: the child's lookup overlaps a CAS and
         // pays for a window's chain of loads, as on the plain walk.
         let mut held = Held::new();
         self.acquire_pinned(&mut held, 0, m, false, wait)?;
-        for sticky in &self.stickies {
-            if Sticky::keep(sticky, &mut held, m) != Some(false) {
-                break;
-            }
-        }
+        self.keep(&mut held, m);
         Ok(held)
     }
 

@@ -336,7 +336,6 @@ impl Sticky {
                 .is_ok()
         {
             self.release_taken();
-            self.hot.state.store(FREE, Ordering::Release);
         }
     }
 
@@ -453,10 +452,12 @@ impl Sticky {
         std::mem::replace(&mut *self.hot.held.lock(), Held::new())
     }
 
-    /// Unregisters and releases the kept holds (state `TAKEN`).
+    /// Unregisters and releases the kept holds (state `TAKEN`), then frees
+    /// the sticky for the next one.
     fn release_taken(&self) {
         let mut held = self.unregister_take();
         held.release(self.tree());
+        self.hot.state.store(FREE, Ordering::Release);
     }
 
     /// The guard of an active sticky is done with it: back to idle, or, if
@@ -550,7 +551,6 @@ impl Sticky {
         }
         self.strike();
         self.release_taken();
-        state.store(FREE, Ordering::Release);
         true
     }
 
@@ -569,7 +569,6 @@ impl Sticky {
             match state.compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) if next == TAKEN => {
                     this.release_taken();
-                    state.store(FREE, Ordering::Release);
                     return;
                 }
                 Ok(_) => {

@@ -856,13 +856,7 @@ fn claim() -> u8 {
 /// share. The same in every execution.
 #[cfg(loom)]
 pub(crate) fn thread_slot() -> Option<usize> {
-    let id = format!("{:?}", loom::thread::current().id());
-    let n: usize = id
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .ok()?;
+    let n = crate::sync::thread::number()?;
     Some(if n < OWNED {
         n
     } else {

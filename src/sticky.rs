@@ -583,11 +583,8 @@ impl Sticky {
 
     /// The mode an active sticky keeps on the handle's node.
     pub(crate) fn mode(&self) -> Mode {
-        let m = self.hot.mode.load(Ordering::Relaxed);
-        *Mode::ALL
-            .iter()
-            .find(|x| **x as u8 == m)
-            .unwrap_or(&Mode::X)
+        // Only ever stored as `Mode as u8`, the mode's index in `ALL`.
+        Mode::ALL[usize::from(self.hot.mode.load(Ordering::Relaxed))]
     }
 
     /// The sticky's key in the registries.
@@ -632,12 +629,7 @@ fn thread_id() -> usize {
 /// Under loom: the model thread's number, plus one.
 #[cfg(loom)]
 fn thread_id() -> usize {
-    let id = format!("{:?}", loom::thread::current().id());
-    id.chars()
-        .filter(char::is_ascii_digit)
-        .collect::<String>()
-        .parse::<usize>()
-        .map_or(usize::MAX, |n| n + 1)
+    crate::sync::thread::number().map_or(usize::MAX, |n| n + 1)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -58,6 +58,18 @@ mod imp {
     pub(crate) mod thread {
         pub(crate) use loom::thread::{current, park, yield_now, Thread};
 
+        /// The model thread's number (0 for the main thread), the same in
+        /// every execution: what the engine uses under loom where it would
+        /// use a thread-local (`bias::thread_slot`, `sticky::thread_id`).
+        pub(crate) fn number() -> Option<usize> {
+            format!("{:?}", current().id())
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        }
+
         /// loom has no clock: a timed park is an untimed one, and callers
         /// re-check their deadline after every wake-up.
         pub(crate) fn park_timeout(_: std::time::Duration) {
